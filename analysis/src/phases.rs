@@ -1,0 +1,542 @@
+//! Plateaus of a loss curve: the levels a digit's loss sits on (ln 10, the carry entropy, zero)
+//! and the batches at which it leaves and reaches them.
+//!
+//! The loss of a target digit falls in steps: it sits on ln 10 (the model knows nothing about
+//! the digit), drops to the entropy of the carry into that digit (about ln 2: the model knows the
+//! naive sum but not the carry) and then to zero. This module turns a curve (the eval loss per
+//! snapshot, or the per-batch training log) into those plateaus and the batches of the steps, so
+//! that statements such as "d_model 8 / 8 heads sits on ln 10 until about batch 1600" are
+//! measured the same way in every run.
+//!
+//! Method, all in batch units so that a curve sampled every 50 batches and one sampled every
+//! batch give the same answer:
+//! 1. smooth the loss with a centred running median over `smoothing_batches` batches (robust to
+//!    spikes, and exact on monotone stretches, so a drop is not shifted in time);
+//! 2. take the least-squares slope of the smoothed log-loss over the same centred window; a
+//!    sample is flat when that slope, per 1000 batches, is below `flat_slope` in magnitude;
+//! 3. a run of flat samples is the core of a plateau; because the slope window reaches half a
+//!    window ahead, a core ends before the curve visibly moves, so each core is extended while the
+//!    smoothed log-loss stays within `edge_tolerance` of the core's edge value;
+//! 4. every sample whose smoothed loss is below `zero_floor` is on the zero plateau even though
+//!    its log-loss keeps falling under weight decay;
+//! 5. plateaus shorter than `min_plateau_batches` are dropped, consecutive plateaus on the same
+//!    level are merged (a spike in between does not end a plateau), and each is labelled by the
+//!    nearest reference level within `level_tolerance` in log-loss, or [`OTHER_LEVEL`].
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// Name of the reference level ln 10: the model knows nothing about the digit.
+pub const LN10_LEVEL: &str = "ln10";
+/// Name of the reference level H(carry): the model knows the naive sum, not the carry.
+pub const CARRY_ENTROPY_LEVEL: &str = "carry_entropy";
+/// Name of the zero level: loss below [`PhaseOptions::zero_floor`].
+pub const ZERO_LEVEL: &str = "zero";
+/// Label of a plateau (or final loss) that is not near any reference level.
+pub const OTHER_LEVEL: &str = "other";
+
+/// Default [`PhaseOptions::smoothing_batches`]: 200 batches. Wide enough that a per-batch
+/// training log (batch 128) has a median of 200 samples, and 5 samples of an eval curve taken
+/// every 50 batches; narrow enough that the shortest ln 2 plateaus seen in the calibration runs
+/// (a few hundred batches) survive.
+pub const DEFAULT_SMOOTHING_BATCHES: u64 = 200;
+/// Default [`PhaseOptions::flat_slope`]: 0.2, i.e. the loss changes by less than about 20% per
+/// 1000 batches. In the calibration runs the drops between plateaus fall at 2 to 20 per 1000
+/// batches, the ln 10 plateaus drift by less than 0.02 and the carry-entropy plateaus by less than
+/// about 0.1, so 0.2 separates them with margin on both sides.
+pub const DEFAULT_FLAT_SLOPE: f64 = 0.2;
+/// Default [`PhaseOptions::min_plateau_batches`]: 200 batches, one smoothing window: a shorter
+/// flat stretch cannot be told from the bend at the top or bottom of a drop.
+pub const DEFAULT_MIN_PLATEAU_BATCHES: u64 = 200;
+/// Default [`PhaseOptions::level_tolerance`]: 0.3 in natural-log units (the plateau's loss is
+/// within a factor 1.35 of the level). The reference levels ln 10 and H(0.45) are 1.2 apart, so
+/// a plateau is never near both; a carry-entropy plateau that has started to learn part of the
+/// carry (e.g. 0.55 instead of 0.69) is still labelled with it.
+pub const DEFAULT_LEVEL_TOLERANCE: f64 = 0.3;
+/// Default [`PhaseOptions::edge_tolerance`]: 0.05 in natural-log units (5% of the loss). The
+/// smoothed log-loss of a per-batch training log varies by about 0.01 on a plateau, so 5% is the
+/// first visible bend of the curve, not noise.
+pub const DEFAULT_EDGE_TOLERANCE: f64 = 0.05;
+/// Default [`PhaseOptions::zero_floor`]: 1e-3 nats, where accuracy is indistinguishable from 1
+/// and only weight decay moves the loss.
+pub const DEFAULT_ZERO_FLOOR: f64 = 1e-3;
+
+/// Thresholds of the plateau detector; see the module documentation for how each is used.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PhaseOptions {
+    /// Width, in batches, of the centred windows of the running median and of the slope.
+    pub smoothing_batches: u64,
+    /// A sample is flat when |d ln(loss) / d batch| * 1000 is below this.
+    pub flat_slope: f64,
+    /// Shortest stretch, in batches from first to last sample, that counts as a plateau.
+    pub min_plateau_batches: u64,
+    /// A plateau is labelled by the nearest reference level if |ln(its loss) - ln(level)| is
+    /// below this, else [`OTHER_LEVEL`].
+    pub level_tolerance: f64,
+    /// A plateau extends past its flat core while the smoothed ln(loss) stays within this of the
+    /// core's edge value.
+    pub edge_tolerance: f64,
+    /// A loss below this is on the [`ZERO_LEVEL`].
+    pub zero_floor: f64,
+}
+
+impl Default for PhaseOptions {
+    fn default() -> Self {
+        PhaseOptions {
+            smoothing_batches: DEFAULT_SMOOTHING_BATCHES,
+            flat_slope: DEFAULT_FLAT_SLOPE,
+            min_plateau_batches: DEFAULT_MIN_PLATEAU_BATCHES,
+            level_tolerance: DEFAULT_LEVEL_TOLERANCE,
+            edge_tolerance: DEFAULT_EDGE_TOLERANCE,
+            zero_floor: DEFAULT_ZERO_FLOOR,
+        }
+    }
+}
+
+impl PhaseOptions {
+    fn validate(&self) -> Result<(), SeriesError> {
+        let positive = |value: f64, name: &'static str| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err(SeriesError::InvalidOption { name })
+            }
+        };
+        positive(self.flat_slope, "flat_slope")?;
+        positive(self.level_tolerance, "level_tolerance")?;
+        positive(self.edge_tolerance, "edge_tolerance")?;
+        positive(self.zero_floor, "zero_floor")
+    }
+}
+
+/// Why a curve could not be analysed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeriesError {
+    /// `batches` and `loss` have different lengths.
+    LengthMismatch { batches: usize, losses: usize },
+    /// `batches[index + 1]` is not greater than `batches[index]`.
+    BatchesNotIncreasing { index: usize },
+    /// No sample has a finite, non-negative loss (includes the empty curve).
+    NoUsableLoss,
+    /// An option is out of range (zero, negative or not finite).
+    InvalidOption { name: &'static str },
+}
+
+impl fmt::Display for SeriesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeriesError::LengthMismatch { batches, losses } => {
+                write!(f, "{batches} batches but {losses} losses")
+            }
+            SeriesError::BatchesNotIncreasing { index } => write!(
+                f,
+                "batches are not strictly increasing at positions {index} and {}",
+                index + 1
+            ),
+            SeriesError::NoUsableLoss => write!(f, "no finite, non-negative loss in the curve"),
+            SeriesError::InvalidOption { name } => {
+                write!(f, "option {name} must be positive and finite")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SeriesError {}
+
+/// Checks that a curve has one loss per batch and strictly increasing batches; shared by the
+/// plateau and the spike detectors.
+pub fn check_series(batches: &[u64], loss: &[f64]) -> Result<(), SeriesError> {
+    if batches.len() != loss.len() {
+        return Err(SeriesError::LengthMismatch {
+            batches: batches.len(),
+            losses: loss.len(),
+        });
+    }
+    match batches.windows(2).position(|pair| pair[0] >= pair[1]) {
+        Some(index) => Err(SeriesError::BatchesNotIncreasing { index }),
+        None => Ok(()),
+    }
+}
+
+/// A loss a curve may sit on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceLevel {
+    /// [`LN10_LEVEL`], [`CARRY_ENTROPY_LEVEL`], [`ZERO_LEVEL`] or a caller's own name.
+    pub name: String,
+    /// The loss of the level in nats; for the zero level, the floor below which a loss is zero.
+    pub loss: f64,
+}
+
+/// Probability that a carry comes into digit `digit` (0 = units) of the sum of two uniformly
+/// random numbers: `p_0 = 0`, `p_{k+1} = 0.45 + 0.1 p_k`, so `p_k = (1 - 0.1^k) / 2`
+/// (0.45 for the tens digit, 0.495 for the hundreds).
+pub fn carry_probability(digit: usize) -> f64 {
+    let exponent = i32::try_from(digit).unwrap_or(i32::MAX);
+    0.5 * (1.0 - 0.1f64.powi(exponent))
+}
+
+/// Binary entropy in nats; 0 at p = 0 and p = 1.
+fn binary_entropy(p: f64) -> f64 {
+    let term = |q: f64| if q > 0.0 { -q * q.ln() } else { 0.0 };
+    term(p) + term(1.0 - p)
+}
+
+/// The reference levels of a digit whose carry-in is 1 with probability `p_carry`, highest
+/// first: ln 10, the binary entropy H(p_carry) (left out when it is below the zero floor, e.g.
+/// the units digit has no carry, or when `p_carry` is not a probability), and zero.
+pub fn reference_levels(p_carry: f64, options: &PhaseOptions) -> Vec<ReferenceLevel> {
+    let mut levels = vec![ReferenceLevel {
+        name: LN10_LEVEL.to_string(),
+        loss: std::f64::consts::LN_10,
+    }];
+    if (0.0..=1.0).contains(&p_carry) {
+        let entropy = binary_entropy(p_carry);
+        if entropy >= options.zero_floor {
+            levels.push(ReferenceLevel {
+                name: CARRY_ENTROPY_LEVEL.to_string(),
+                loss: entropy,
+            });
+        }
+    }
+    levels.push(ReferenceLevel {
+        name: ZERO_LEVEL.to_string(),
+        loss: options.zero_floor,
+    });
+    levels
+}
+
+/// A stretch of the curve that sits on one level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plateau {
+    /// Batch of the first sample on the plateau.
+    pub start_batch: u64,
+    /// Batch of the last sample on the plateau.
+    pub end_batch: u64,
+    /// Median of the (unsmoothed) loss over the plateau: the median rather than the mean so
+    /// that a spike inside a plateau does not move it.
+    pub median_loss: f64,
+    /// Name of the reference level it sits on, [`ZERO_LEVEL`] or [`OTHER_LEVEL`].
+    pub level: String,
+}
+
+/// When a curve first reaches a reference level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelReached {
+    /// Name of the reference level.
+    pub level: String,
+    /// Start of the first plateau on the level; for the zero level, the first batch whose
+    /// smoothed loss is below the floor. `None` if the curve never gets there.
+    pub batch: Option<u64>,
+}
+
+/// The plateaus of one digit's loss curve and the batches of the steps between them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    /// Plateaus in order of batch.
+    pub plateaus: Vec<Plateau>,
+    /// End of the first plateau on ln 10; `None` if the curve never sits on ln 10, or is still
+    /// on it at the last sample.
+    pub leaves_ln10_batch: Option<u64>,
+    /// For every reference level other than ln 10, in the order given, when it is reached.
+    pub reaches: Vec<LevelReached>,
+    /// Smoothed loss at the last sample.
+    pub final_loss: f64,
+    /// Label of `final_loss`, as for a plateau.
+    pub final_level: String,
+    /// The smoothed log-loss over the last `smoothing_batches` batches falls faster than
+    /// `flat_slope`, and the curve is not on the zero level.
+    pub still_descending: bool,
+}
+
+/// What a smoothed sample is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SampleState {
+    /// Smoothed loss below the zero floor.
+    Zero,
+    /// Slope below `flat_slope`.
+    Flat,
+    /// Neither.
+    Moving,
+}
+
+/// A plateau while it is being built: indices into the usable samples.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    first: usize,
+    last: usize,
+    zero: bool,
+}
+
+/// Finds the plateaus of a loss curve and when it leaves and reaches the reference `levels`
+/// (usually [`reference_levels`]).
+///
+/// `batches` must be strictly increasing and as long as `loss`; samples whose loss is NaN,
+/// infinite or negative are skipped. Labels are the names of `levels` above the zero floor,
+/// [`ZERO_LEVEL`] for a loss below the floor, and [`OTHER_LEVEL`].
+pub fn detect_phases(
+    batches: &[u64],
+    loss: &[f64],
+    levels: &[ReferenceLevel],
+    options: &PhaseOptions,
+) -> Result<PhaseSummary, SeriesError> {
+    check_series(batches, loss)?;
+    options.validate()?;
+    let (batch, raw): (Vec<u64>, Vec<f64>) = batches
+        .iter()
+        .zip(loss)
+        .filter(|(_, value)| value.is_finite() && **value >= 0.0)
+        .map(|(b, value)| (*b, *value))
+        .unzip();
+    let Some(&last_batch) = batch.last() else {
+        return Err(SeriesError::NoUsableLoss);
+    };
+    let half = options.smoothing_batches / 2;
+    let smoothed = centred_median(&batch, &raw, half);
+    let log_smoothed: Vec<f64> = smoothed.iter().map(|value| value.ln()).collect();
+    let labeller = Labeller::new(levels, options);
+
+    let states: Vec<SampleState> = (0..batch.len())
+        .map(|i| {
+            if smoothed[i] < options.zero_floor {
+                SampleState::Zero
+            } else {
+                let (lo, hi) = window(&batch, i, half, half);
+                match slope(&batch[lo..hi], &log_smoothed[lo..hi]) {
+                    Some(s) if s.abs() * 1000.0 < options.flat_slope => SampleState::Flat,
+                    _ => SampleState::Moving,
+                }
+            }
+        })
+        .collect();
+
+    let spans = extend_flat_cores(&states, &log_smoothed, options.edge_tolerance);
+    let mut plateaus: Vec<Plateau> = Vec::new();
+    for span in spans {
+        if batch[span.last] - batch[span.first] < options.min_plateau_batches {
+            continue;
+        }
+        let median_loss = median_of(&raw[span.first..=span.last]);
+        let level = if span.zero {
+            ZERO_LEVEL.to_string()
+        } else {
+            labeller.label(median_loss)
+        };
+        let plateau = Plateau {
+            start_batch: batch[span.first],
+            end_batch: batch[span.last],
+            median_loss,
+            level,
+        };
+        match plateaus.last_mut() {
+            Some(previous) if labeller.same_plateau(previous, &plateau) => {
+                let (first, last) = (index_of(&batch, previous.start_batch), span.last);
+                previous.end_batch = plateau.end_batch;
+                previous.median_loss = median_of(&raw[first..=last]);
+            }
+            _ => plateaus.push(plateau),
+        }
+    }
+
+    let leaves_ln10_batch = plateaus
+        .iter()
+        .find(|p| p.level == LN10_LEVEL)
+        .map(|p| p.end_batch)
+        .filter(|&end| end < last_batch);
+    let first_zero_batch = states
+        .iter()
+        .position(|&s| s == SampleState::Zero)
+        .map(|i| batch[i]);
+    let reaches = levels
+        .iter()
+        .filter(|level| level.name != LN10_LEVEL)
+        .map(|level| LevelReached {
+            level: level.name.clone(),
+            batch: if level.loss <= options.zero_floor {
+                first_zero_batch
+            } else {
+                plateaus
+                    .iter()
+                    .find(|p| p.level == level.name)
+                    .map(|p| p.start_batch)
+            },
+        })
+        .collect();
+
+    let final_loss = smoothed[smoothed.len() - 1];
+    let final_level = labeller.label(final_loss);
+    let (lo, hi) = window(&batch, batch.len() - 1, options.smoothing_batches, 0);
+    let still_descending = final_level != ZERO_LEVEL
+        && slope(&batch[lo..hi], &log_smoothed[lo..hi])
+            .is_some_and(|s| s * 1000.0 < -options.flat_slope);
+
+    Ok(PhaseSummary {
+        plateaus,
+        leaves_ln10_batch,
+        reaches,
+        final_loss,
+        final_level,
+        still_descending,
+    })
+}
+
+/// Labels a loss by the nearest reference level above the zero floor.
+struct Labeller<'a> {
+    levels: Vec<&'a ReferenceLevel>,
+    options: &'a PhaseOptions,
+}
+
+impl<'a> Labeller<'a> {
+    fn new(levels: &'a [ReferenceLevel], options: &'a PhaseOptions) -> Self {
+        let levels = levels
+            .iter()
+            .filter(|level| level.loss.is_finite() && level.loss > options.zero_floor)
+            .collect();
+        Labeller { levels, options }
+    }
+
+    /// [`ZERO_LEVEL`] below the floor, else the nearest level within `level_tolerance` in
+    /// log-loss, else [`OTHER_LEVEL`].
+    fn label(&self, loss: f64) -> String {
+        if loss < self.options.zero_floor {
+            return ZERO_LEVEL.to_string();
+        }
+        self.levels
+            .iter()
+            .map(|level| (level, (loss.ln() - level.loss.ln()).abs()))
+            .filter(|(_, distance)| *distance < self.options.level_tolerance)
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or_else(|| OTHER_LEVEL.to_string(), |(level, _)| level.name.clone())
+    }
+
+    /// Two consecutive plateaus are one if they sit on the same reference level (or both on
+    /// "other" within `level_tolerance` of each other): what lies between them was a spike or
+    /// an excursion too short to be a plateau.
+    fn same_plateau(&self, previous: &Plateau, next: &Plateau) -> bool {
+        previous.level == next.level
+            && (previous.level != OTHER_LEVEL
+                || (previous.median_loss.ln() - next.median_loss.ln()).abs()
+                    < self.options.level_tolerance)
+    }
+}
+
+/// The plateau spans: every run of zero samples, and every run of flat samples extended at both
+/// ends while the smoothed log-loss stays within `edge_tolerance` of the run's edge value (never
+/// into a zero sample or another span).
+fn extend_flat_cores(states: &[SampleState], log_smoothed: &[f64], edge_tolerance: f64) -> Vec<Span> {
+    let runs = runs_of(states);
+    let mut spans: Vec<Span> = Vec::with_capacity(runs.len());
+    for (k, &(first, last, state)) in runs.iter().enumerate() {
+        match state {
+            SampleState::Zero => spans.push(Span {
+                first,
+                last,
+                zero: true,
+            }),
+            SampleState::Moving => {}
+            SampleState::Flat => {
+                let floor = spans.last().map_or(0, |span| span.last + 1);
+                let mut start = first;
+                while start > floor
+                    && states[start - 1] != SampleState::Zero
+                    && (log_smoothed[start - 1] - log_smoothed[first]).abs() < edge_tolerance
+                {
+                    start -= 1;
+                }
+                // The next run after a flat run is Moving or Zero; stop before the one after it.
+                let ceiling = runs.get(k + 2).map_or(states.len(), |run| run.0);
+                let mut end = last;
+                while end + 1 < ceiling
+                    && states[end + 1] != SampleState::Zero
+                    && (log_smoothed[end + 1] - log_smoothed[last]).abs() < edge_tolerance
+                {
+                    end += 1;
+                }
+                spans.push(Span {
+                    first: start,
+                    last: end,
+                    zero: false,
+                });
+            }
+        }
+    }
+    spans
+}
+
+/// Maximal runs of equal states as (first index, last index, state).
+fn runs_of(states: &[SampleState]) -> Vec<(usize, usize, SampleState)> {
+    let mut runs: Vec<(usize, usize, SampleState)> = Vec::new();
+    for (i, &state) in states.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run) if run.2 == state => run.1 = i,
+            _ => runs.push((i, i, state)),
+        }
+    }
+    runs
+}
+
+/// Index of `target` in the increasing `batches` (its first sample at or after `target`).
+fn index_of(batches: &[u64], target: u64) -> usize {
+    batches.partition_point(|&b| b < target)
+}
+
+/// The index range `lo..hi` of samples with batch in `[batches[i] - before, batches[i] + after]`.
+fn window(batches: &[u64], i: usize, before: u64, after: u64) -> (usize, usize) {
+    let lo = index_of(batches, batches[i].saturating_sub(before));
+    let hi = batches.partition_point(|&b| b <= batches[i].saturating_add(after));
+    (lo, hi)
+}
+
+/// Running median of `values` over a centred window of `half` batches either side.
+fn centred_median(batches: &[u64], values: &[f64], half: u64) -> Vec<f64> {
+    let mut buffer: Vec<f64> = Vec::new();
+    let (mut lo, mut hi) = (0usize, 0usize);
+    batches
+        .iter()
+        .map(|&b| {
+            while batches[lo] < b.saturating_sub(half) {
+                lo += 1;
+            }
+            while hi < batches.len() && batches[hi] <= b.saturating_add(half) {
+                hi += 1;
+            }
+            buffer.clear();
+            buffer.extend_from_slice(&values[lo..hi]);
+            median_in_place(&mut buffer)
+        })
+        .collect()
+}
+
+/// Median of a slice (the upper middle for an even count, so that the median of losses and of
+/// log-losses agree); NaN for an empty slice.
+fn median_of(values: &[f64]) -> f64 {
+    median_in_place(&mut values.to_vec())
+}
+
+/// Median of `values`, reordering them; see [`median_of`].
+fn median_in_place(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let middle = values.len() / 2;
+    *values
+        .select_nth_unstable_by(middle, |a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal))
+        .1
+}
+
+/// Least-squares slope of `y` against `x`; `None` with fewer than two distinct `x`.
+fn slope(x: &[u64], y: &[f64]) -> Option<f64> {
+    if x.len() < 2 {
+        return None;
+    }
+    let n = x.len() as f64;
+    let mean_x = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let mean_y = y.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (&xi, &yi) in x.iter().zip(y) {
+        let dx = xi as f64 - mean_x;
+        sxy += dx * (yi - mean_y);
+        sxx += dx * dx;
+    }
+    (sxx > 0.0).then(|| sxy / sxx)
+}

@@ -1,0 +1,229 @@
+//! `train`: train a transformer on n-digit addition and record snapshots, checkpoints and a
+//! per-batch log into a run directory. A thin layer over `digitlab::train`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use digitlab::config::TrainConfig;
+use digitlab::task::{Layout, TaskConfig};
+use digitlab::train::{train, TrainState};
+use digitlab_snapshots::{RunDir, TrainLog};
+
+/// Train a 1-layer transformer on n-digit addition, writing weight snapshots (zstd-compressed
+/// safetensors with TransformerLens names), optimizer checkpoints and a per-batch log.
+#[derive(Parser, Debug)]
+#[command(version, after_help = "Examples:\n  train runs/x\n  train --d-model 8 --n-heads 1 --digit 1 --weight-decay 0.25 --steps 5000 runs/y\n  train --layout answer --digits all --steps 3000 runs/z\n  train --resume runs/x --steps 10000")]
+struct Args {
+    /// The run directory to create (must not exist, or be empty).
+    #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+    run_dir: Option<PathBuf>,
+    /// Continue the run in this directory from its newest checkpoint (bit-identical to a run
+    /// never interrupted). Only --steps may change.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+
+    /// Operand length n (1 to 9): a and b are uniform in [0, 10^n).
+    #[arg(long, default_value_t = 5)]
+    n_digits: usize,
+    /// prompt: `a+b=`, one digit read at `=`; answer: the sum appended, each digit read at the
+    /// position before it.
+    #[arg(long, value_enum, default_value_t = Layout::Prompt)]
+    layout: Layout,
+    /// The answer digit to train (0 = units, n = the final carry).
+    #[arg(long, conflicts_with = "digits")]
+    digit: Option<usize>,
+    /// Several answer digits (comma-separated, e.g. 0,1,2) or `all`; answer layout only.
+    #[arg(long)]
+    digits: Option<String>,
+
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    #[arg(long, default_value_t = 4)]
+    n_heads: usize,
+    /// MLP width [default: 4 * d_model].
+    #[arg(long)]
+    d_mlp: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    n_layers: usize,
+    /// Output vocabulary (12 as in TransformerLens: the digits, `+` and `=`).
+    #[arg(long, default_value_t = 12)]
+    d_vocab_out: usize,
+
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.98)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    eps: f64,
+    /// Decoupled weight decay, as PyTorch's AdamW.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    weight_decay: f64,
+    /// Linear learning-rate warm-up over this many steps.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Clip the global gradient norm to this value [default: no clipping].
+    #[arg(long)]
+    grad_clip: Option<f64>,
+
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Optimizer steps (batches) in total.
+    #[arg(long)]
+    steps: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Snapshot the weights at batch 0, every N batches and at the end.
+    #[arg(long, default_value_t = 50)]
+    snapshot_every: u64,
+    /// Write an optimizer checkpoint every N batches [default: 10 * --snapshot-every].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// A user error (bad option, unusable directory): exit status 2, nothing written.
+struct UsageError(anyhow::Error);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(UsageError(e))) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
+    let quiet = args.quiet;
+    let prepared = match &args.resume {
+        Some(dir) => prepare_resume(dir, args.steps),
+        None => prepare_new(&args),
+    };
+    let (cfg, run, state, log) = match prepared {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(UsageError(e))),
+    };
+    eprintln!(
+        "training {} trained parameters ({} layer, d_model {}, {} heads, d_mlp {}) on {}-digit \
+         addition, digit(s) {:?}, {} layout; batches {}..{} into {}",
+        cfg.model.n_trained_params(),
+        cfg.model.n_layers,
+        cfg.model.d_model,
+        cfg.model.n_heads,
+        cfg.model.d_mlp,
+        cfg.task.n_digits,
+        cfg.task.targets,
+        format!("{:?}", cfg.task.layout).to_lowercase(),
+        state.batch,
+        cfg.steps,
+        run.root().display()
+    );
+    train(&cfg, run, state, log, !quiet)?;
+    Ok(Ok(()))
+}
+
+type Prepared = (TrainConfig, RunDir, TrainState, TrainLog);
+
+fn prepare_new(args: &Args) -> Result<Prepared> {
+    let n = args.n_digits;
+    let targets = match (&args.digit, &args.digits) {
+        (Some(k), _) => vec![*k],
+        (None, Some(list)) => parse_digits(list, n)?,
+        (None, None) => vec![0],
+    };
+    let task = TaskConfig { n_digits: n, layout: args.layout, targets };
+    let mut cfg = TrainConfig::default_for(task, args.d_model, args.n_heads);
+    cfg.model.n_layers = args.n_layers;
+    cfg.model.d_mlp = args.d_mlp.unwrap_or(4 * args.d_model);
+    cfg.model.d_vocab_out = args.d_vocab_out;
+    let o = &mut cfg.optimizer;
+    (o.lr, o.beta1, o.beta2, o.eps) = (args.lr, args.beta1, args.beta2, args.eps);
+    (o.weight_decay, o.warmup_steps, o.grad_clip) = (args.weight_decay, args.warmup, args.grad_clip);
+    cfg.batch_size = args.batch_size;
+    cfg.steps = args.steps.unwrap_or(cfg.steps);
+    cfg.seed = args.seed;
+    cfg.snapshot_every = args.snapshot_every;
+    cfg.checkpoint_every = args.checkpoint_every.unwrap_or(10 * args.snapshot_every);
+    cfg.validate()?;
+    let run_dir = args.run_dir.as_ref().context("no run directory given")?;
+    let run = RunDir::create(run_dir, &serde_json::to_value(&cfg)?)?;
+    let state = TrainState::new(&cfg);
+    let log = TrainLog {
+        digits: cfg.task.targets.clone(),
+        tensor_names: trained_names(&cfg),
+        rows: Vec::new(),
+    };
+    Ok((cfg, run, state, log))
+}
+
+fn prepare_resume(dir: &std::path::Path, steps: Option<u64>) -> Result<Prepared> {
+    let mut run = RunDir::open(dir)?;
+    let config_path = dir.join("config.json");
+    let mut cfg: TrainConfig = serde_json::from_value(run.config().clone())
+        .with_context(|| format!("{} is not a digitlab training config", config_path.display()))?;
+    if let Some(steps) = steps {
+        cfg.steps = steps;
+    }
+    cfg.validate()?;
+    let manifest_path = dir.join("manifest.json");
+    let entry = run
+        .manifest()
+        .checkpoints
+        .last()
+        .cloned()
+        .with_context(|| format!("{} lists no checkpoint to resume from", manifest_path.display()))?;
+    if entry.batch > cfg.steps {
+        bail!(
+            "the run already has a checkpoint at batch {}, beyond --steps {}: pass a larger --steps",
+            entry.batch,
+            cfg.steps
+        );
+    }
+    let checkpoint = run.read_checkpoint(&entry)?;
+    let state = TrainState::from_checkpoint(&cfg, checkpoint)?;
+    let mut log = run
+        .read_train_log()?
+        .with_context(|| format!("{} is missing; cannot resume its log", run.train_log_path().display()))?;
+    log.truncate(state.batch);
+    if log.rows.len() as u64 != state.batch {
+        bail!(
+            "{} has {} rows before batch {}, the newest checkpoint; it should have one per batch",
+            run.train_log_path().display(),
+            log.rows.len(),
+            state.batch
+        );
+    }
+    run.truncate_after(state.batch)?;
+    run.set_config(&serde_json::to_value(&cfg)?)?;
+    Ok((cfg, run, state, log))
+}
+
+/// `all`, or a comma-separated list of digit indices.
+fn parse_digits(list: &str, n: usize) -> Result<Vec<usize>> {
+    if list == "all" {
+        return Ok((0..=n).collect());
+    }
+    let mut digits = list
+        .split(',')
+        .map(|s| s.trim().parse::<usize>().with_context(|| format!("--digits: `{s}` is not a digit index")))
+        .collect::<Result<Vec<_>>>()?;
+    digits.sort_unstable();
+    digits.dedup();
+    Ok(digits)
+}
+
+fn trained_names(cfg: &TrainConfig) -> Vec<String> {
+    cfg.model.param_specs().into_iter().filter(|s| s.trained).map(|s| s.name).collect()
+}

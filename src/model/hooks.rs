@@ -1,0 +1,75 @@
+//! Hook points: cache or replace an activation by its TransformerLens hook name.
+//!
+//! The general forward pass calls [`Hooks::apply`] at every hook point
+//! (`hook_embed`, `blocks.0.attn.hook_pattern`, `blocks.0.mlp.hook_post`, …), so analyses can
+//! read activations and ablate them without a second copy of the model code.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{Result, Tensor};
+
+/// What to put in place of an activation.
+#[derive(Clone, Debug)]
+pub enum Intervention {
+    /// All zeros (zero ablation).
+    Zero,
+    /// The mean over the batch, the same for every example (mean ablation).
+    Mean,
+    /// A given tensor, broadcast to the activation's shape.
+    Replace(Tensor),
+}
+
+/// The hooks of one forward pass: activations to cache and activations to replace.
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    cache_names: HashSet<String>,
+    cache_all: bool,
+    interventions: HashMap<String, Intervention>,
+    /// Cached activations by hook name, filled by the forward pass.
+    pub cache: HashMap<String, Tensor>,
+}
+
+impl Hooks {
+    /// No caching, no interventions: the plain forward pass.
+    pub fn none() -> Hooks {
+        Hooks::default()
+    }
+
+    /// Caches the activation at `name` (after any intervention there).
+    pub fn cache(mut self, name: &str) -> Hooks {
+        self.cache_names.insert(name.to_string());
+        self
+    }
+
+    /// Caches every hook point, as TransformerLens's `run_with_cache`.
+    pub fn cache_everything(mut self) -> Hooks {
+        self.cache_all = true;
+        self
+    }
+
+    /// Replaces the activation at `name`.
+    pub fn intervene(mut self, name: &str, intervention: Intervention) -> Hooks {
+        self.interventions.insert(name.to_string(), intervention);
+        self
+    }
+
+    /// Whether the forward pass must materialise the activation at `name` in TransformerLens's
+    /// layout (some are computed in another layout and only transposed when asked for).
+    pub fn wants(&self, name: &str) -> bool {
+        self.cache_all || self.cache_names.contains(name) || self.interventions.contains_key(name)
+    }
+
+    /// Applies the intervention registered at `name`, caches the result if asked, returns it.
+    pub fn apply(&mut self, name: &str, x: Tensor) -> Result<Tensor> {
+        let x = match self.interventions.get(name) {
+            None => x,
+            Some(Intervention::Zero) => x.zeros_like()?,
+            Some(Intervention::Mean) => x.mean_keepdim(0)?.broadcast_as(x.shape())?.contiguous()?,
+            Some(Intervention::Replace(t)) => t.broadcast_as(x.shape())?.contiguous()?,
+        };
+        if self.cache_all || self.cache_names.contains(name) {
+            self.cache.insert(name.to_string(), x.clone());
+        }
+        Ok(x)
+    }
+}

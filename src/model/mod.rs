@@ -1,0 +1,224 @@
+//! The transformer of spec section 2: one struct per module with `new(vb)` and `forward`, as in
+//! candle-transformers, with TransformerLens parameter and hook names.
+//!
+//! [`Transformer::forward`] is the general path: every position, any number of layers, hooks
+//! at every activation. [`Transformer::last_position_logits`] (in `last_position.rs`) is the fast
+//! training path for one-layer prompt-layout models; a test holds the two to the same function.
+
+mod config;
+mod hooks;
+mod last_position;
+
+pub use config::{ModelConfig, ParamSpec};
+pub use hooks::{Hooks, Intervention};
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use digitlab_snapshots::NamedTensor;
+
+/// Multi-head causal self-attention, TransformerLens layout (`W_Q: [n_heads, d_model, d_head]`).
+pub struct Attention {
+    w_q: Tensor,
+    w_k: Tensor,
+    w_v: Tensor,
+    w_o: Tensor,
+    b_q: Tensor,
+    b_k: Tensor,
+    b_v: Tensor,
+    b_o: Tensor,
+    prefix: String,
+}
+
+impl Attention {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder, prefix: String) -> Result<Self> {
+        let (d, h, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head());
+        Ok(Self {
+            w_q: vb.get((h, d, dh), "W_Q")?,
+            w_k: vb.get((h, d, dh), "W_K")?,
+            w_v: vb.get((h, d, dh), "W_V")?,
+            w_o: vb.get((h, dh, d), "W_O")?,
+            b_q: vb.get((h, dh), "b_Q")?,
+            b_k: vb.get((h, dh), "b_K")?,
+            b_v: vb.get((h, dh), "b_V")?,
+            b_o: vb.get(d, "b_O")?,
+            prefix,
+        })
+    }
+
+    /// `x: [batch, pos, d_model]` -> attention output `[batch, pos, d_model]`.
+    pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let (_, t, _) = x.dims3()?;
+        let d_head = self.w_q.dim(2)?;
+        let x = x.unsqueeze(1)?; // [batch, 1, pos, d_model]
+        let project = |w: &Tensor, b: &Tensor| x.broadcast_matmul(w)?.broadcast_add(&b.unsqueeze(1)?);
+        let q = self.head_hook(hooks, "hook_q", project(&self.w_q, &self.b_q)?)?;
+        let k = self.head_hook(hooks, "hook_k", project(&self.w_k, &self.b_k)?)?;
+        let v = self.head_hook(hooks, "hook_v", project(&self.w_v, &self.b_v)?)?;
+        let scores = (q.matmul(&k.t()?)? / (d_head as f64).sqrt())?;
+        let scores = scores.broadcast_add(&causal_mask(t, scores.device())?)?;
+        let scores = hooks.apply(&self.name("hook_attn_scores"), scores)?;
+        let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let pattern = hooks.apply(&self.name("hook_pattern"), pattern)?;
+        let z = self.head_hook(hooks, "hook_z", pattern.matmul(&v)?)?;
+        // Sum over heads of z_h W_O[h]: [batch, head, pos, d_model] -> [batch, pos, d_model].
+        let out = z.broadcast_matmul(&self.w_o)?.sum(1)?;
+        out.broadcast_add(&self.b_o)
+    }
+
+    fn name(&self, hook: &str) -> String {
+        format!("{}.{hook}", self.prefix)
+    }
+
+    /// Per-head activations are computed as `[batch, head, pos, d_head]`; hooks see them in
+    /// TransformerLens's `[batch, pos, head, d_head]`, transposed only when a hook asks.
+    fn head_hook(&self, hooks: &mut Hooks, hook: &str, x: Tensor) -> Result<Tensor> {
+        let name = self.name(hook);
+        if !hooks.wants(&name) {
+            return Ok(x);
+        }
+        let seen = hooks.apply(&name, x.transpose(1, 2)?.contiguous()?)?;
+        seen.transpose(1, 2)?.contiguous()
+    }
+}
+
+/// `[pos, pos]` additive mask: 0 where a query may attend (key position <= query), -inf above.
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+/// The ReLU MLP.
+pub struct Mlp {
+    w_in: Tensor,
+    b_in: Tensor,
+    w_out: Tensor,
+    b_out: Tensor,
+    prefix: String,
+}
+
+impl Mlp {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder, prefix: String) -> Result<Self> {
+        let (d, m) = (cfg.d_model, cfg.d_mlp);
+        Ok(Self {
+            w_in: vb.get((d, m), "W_in")?,
+            b_in: vb.get(m, "b_in")?,
+            w_out: vb.get((m, d), "W_out")?,
+            b_out: vb.get(d, "b_out")?,
+            prefix,
+        })
+    }
+
+    /// `x: [..., d_model]` -> `[..., d_model]`.
+    pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let pre = x.broadcast_matmul(&self.w_in)?.broadcast_add(&self.b_in)?;
+        let pre = hooks.apply(&format!("{}.hook_pre", self.prefix), pre)?;
+        let post = hooks.apply(&format!("{}.hook_post", self.prefix), pre.relu()?)?;
+        post.broadcast_matmul(&self.w_out)?.broadcast_add(&self.b_out)
+    }
+}
+
+/// Attention then MLP, each added to the residual stream (no LayerNorm).
+pub struct Block {
+    attn: Attention,
+    mlp: Mlp,
+    prefix: String,
+}
+
+impl Block {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder, layer: usize) -> Result<Self> {
+        let prefix = format!("blocks.{layer}");
+        Ok(Self {
+            attn: Attention::new(cfg, vb.pp("attn"), format!("{prefix}.attn"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), format!("{prefix}.mlp"))?,
+            prefix,
+        })
+    }
+
+    pub fn forward(&self, resid_pre: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let p = &self.prefix;
+        let resid_pre = hooks.apply(&format!("{p}.hook_resid_pre"), resid_pre.clone())?;
+        let attn_out = self.attn.forward(&resid_pre, hooks)?;
+        let attn_out = hooks.apply(&format!("{p}.hook_attn_out"), attn_out)?;
+        let resid_mid = hooks.apply(&format!("{p}.hook_resid_mid"), (resid_pre + attn_out)?)?;
+        let mlp_out = self.mlp.forward(&resid_mid, hooks)?;
+        let mlp_out = hooks.apply(&format!("{p}.hook_mlp_out"), mlp_out)?;
+        hooks.apply(&format!("{p}.hook_resid_post"), (resid_mid + mlp_out)?)
+    }
+}
+
+/// The whole model.
+pub struct Transformer {
+    cfg: ModelConfig,
+    w_e: Tensor,
+    w_pos: Tensor,
+    blocks: Vec<Block>,
+    w_u: Tensor,
+    b_u: Tensor,
+}
+
+impl Transformer {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let blocks = (0..cfg.n_layers)
+            .map(|l| Block::new(cfg, vb.pp("blocks").pp(l), l))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            w_e: vb.get((cfg.d_vocab, cfg.d_model), "embed.W_E")?,
+            w_pos: vb.get((cfg.n_ctx, cfg.d_model), "pos_embed.W_pos")?,
+            blocks,
+            w_u: vb.get((cfg.d_model, cfg.d_vocab_out), "unembed.W_U")?,
+            b_u: vb.get(cfg.d_vocab_out, "unembed.b_U")?,
+        })
+    }
+
+    /// A model over the given state dict (snapshot tensors), on `device`.
+    pub fn from_params(cfg: &ModelConfig, params: &[NamedTensor], device: &Device) -> Result<Self> {
+        let tensors = params
+            .iter()
+            .map(|p| Ok((p.name.clone(), Tensor::from_slice(&p.data, p.shape.as_slice(), device)?)))
+            .collect::<Result<HashMap<_, _>>>()?;
+        Self::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, device))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The general forward pass: `tokens: [batch, pos]` (u32) -> logits `[batch, pos, d_vocab_out]`.
+    pub fn forward(&self, tokens: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let resid = self.residual_stream(tokens, hooks)?;
+        self.unembed(&resid)
+    }
+
+    /// Logits at the given positions only: `[batch, positions.len(), d_vocab_out]`.
+    pub fn logits_at(&self, tokens: &Tensor, positions: &[usize], hooks: &mut Hooks) -> Result<Tensor> {
+        let resid = self.residual_stream(tokens, hooks)?;
+        let index = Tensor::from_vec(
+            positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            positions.len(),
+            tokens.device(),
+        )?;
+        self.unembed(&resid.index_select(&index, 1)?)
+    }
+
+    /// The final residual stream `[batch, pos, d_model]`.
+    fn residual_stream(&self, tokens: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        let (batch, t) = tokens.dims2()?;
+        let embed = self.w_e.index_select(&tokens.flatten_all()?, 0)?.reshape((batch, t, ()))?;
+        let embed = hooks.apply("hook_embed", embed)?;
+        let pos_embed = hooks.apply("hook_pos_embed", self.w_pos.narrow(0, 0, t)?.unsqueeze(0)?)?;
+        let mut resid = embed.broadcast_add(&pos_embed)?;
+        for block in &self.blocks {
+            resid = block.forward(&resid, hooks)?;
+        }
+        Ok(resid)
+    }
+
+    fn unembed(&self, resid: &Tensor) -> Result<Tensor> {
+        resid.broadcast_matmul(&self.w_u)?.broadcast_add(&self.b_u)
+    }
+}

@@ -1,0 +1,207 @@
+//! The training story, top to bottom: make or load the state, then for every batch snapshot
+//! the weights when due, take one AdamW step on a freshly generated batch, and log it.
+//!
+//! Batches are a pure function of `(seed, batch index)` and the state is plain data (weights,
+//! AdamW moments, step count), so a run restarted from a checkpoint retraces the same bytes.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::TrainConfig;
+use crate::optim::AdamW;
+use crate::output_stats::{digit_losses, output_stats};
+use crate::step::loss_and_grads;
+use crate::task::training_batch;
+use crate::writer::{RunWriter, WriteJob};
+
+/// Weights and optimizer state after `batch` steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    pub batch: u64,
+    /// Every tensor of the state dict, in `param_specs` order.
+    pub params: Vec<NamedTensor>,
+    /// Moments of the trained tensors, in `param_specs` order.
+    pub adam: AdamW,
+}
+
+impl TrainState {
+    /// Freshly initialised weights, zero moments.
+    pub fn new(cfg: &TrainConfig) -> TrainState {
+        let params = cfg.model.init_params(cfg.seed);
+        let sizes: Vec<usize> = cfg
+            .model
+            .param_specs()
+            .iter()
+            .zip(&params)
+            .filter(|(s, _)| s.trained)
+            .map(|(_, p)| p.data.len())
+            .collect();
+        TrainState {
+            batch: 0,
+            params,
+            adam: AdamW::new(&sizes),
+        }
+    }
+
+    /// The state saved in a checkpoint, checked against the model's parameter list.
+    pub fn from_checkpoint(cfg: &TrainConfig, checkpoint: Checkpoint) -> Result<TrainState> {
+        let specs = cfg.model.param_specs();
+        let find = |list: &[NamedTensor], name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = list
+                .iter()
+                .find(|t| t.name == name)
+                .with_context(|| format!("checkpoint at batch {} has no tensor {name}", checkpoint.batch))?;
+            if t.shape != shape {
+                bail!("checkpoint tensor {name} has shape {:?}, the config says {shape:?}", t.shape);
+            }
+            Ok(t.data.clone())
+        };
+        let mut params = Vec::new();
+        let (mut m, mut v) = (Vec::new(), Vec::new());
+        for s in &specs {
+            params.push(NamedTensor {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                data: find(&checkpoint.params, &s.name, &s.shape)?,
+            });
+            if s.trained {
+                m.push(find(&checkpoint.adam_m, &s.name, &s.shape)?);
+                v.push(find(&checkpoint.adam_v, &s.name, &s.shape)?);
+            }
+        }
+        Ok(TrainState {
+            batch: checkpoint.batch,
+            params,
+            adam: AdamW {
+                m,
+                v,
+                step: checkpoint.batch,
+            },
+        })
+    }
+
+    /// Everything needed to continue from here.
+    pub fn to_checkpoint(&self, cfg: &TrainConfig) -> Checkpoint {
+        let trained: Vec<&NamedTensor> = cfg
+            .model
+            .param_specs()
+            .iter()
+            .zip(&self.params)
+            .filter(|(s, _)| s.trained)
+            .map(|(_, p)| p)
+            .collect();
+        let moments = |list: &[Vec<f32>]| {
+            trained
+                .iter()
+                .zip(list)
+                .map(|(p, data)| NamedTensor {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                    data: data.clone(),
+                })
+                .collect()
+        };
+        Checkpoint {
+            batch: self.batch,
+            params: self.params.clone(),
+            adam_m: moments(&self.adam.m),
+            adam_v: moments(&self.adam.v),
+        }
+    }
+
+    /// Trains on batch `self.batch` and returns its log row. A non-finite loss leaves the
+    /// weights untouched (the caller stops the run).
+    pub fn step(&mut self, cfg: &TrainConfig) -> Result<LogRow> {
+        let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
+        let result = loss_and_grads(cfg, &self.params, &batch)?;
+        let n_out = cfg.model.d_vocab_out;
+        let stats = output_stats(&result.logits, n_out, &result.targets);
+        let grad_norm = result
+            .grads
+            .iter()
+            .flatten()
+            .map(|&g| f64::from(g) * f64::from(g))
+            .sum::<f64>()
+            .sqrt();
+        let lr = cfg.optimizer.lr_at(self.batch);
+        let mut row = LogRow {
+            batch: self.batch,
+            loss: result.loss,
+            digit_loss: digit_losses(&result.logits, n_out, &result.targets, cfg.task.targets.len()),
+            grad_norm: grad_norm as f32,
+            lr: lr as f32,
+            tensors: Vec::new(),
+            logsumexp_mean: stats.logsumexp_mean,
+            logsumexp_max: stats.logsumexp_max,
+            saturated_fraction: stats.saturated_fraction,
+        };
+        if !result.loss.is_finite() {
+            return Ok(row);
+        }
+        let specs = cfg.model.param_specs();
+        let mut trained: Vec<&mut [f32]> = specs
+            .iter()
+            .zip(self.params.iter_mut())
+            .filter(|(s, _)| s.trained)
+            .map(|(_, p)| p.data.as_mut_slice())
+            .collect();
+        let scale = cfg.optimizer.clip_scale(grad_norm);
+        row.tensors = self.adam.update(&cfg.optimizer, lr, &mut trained, &result.grads, scale);
+        self.batch += 1;
+        Ok(row)
+    }
+}
+
+/// Trains from `state` to `cfg.steps`, writing snapshots, checkpoints and the log into `run`.
+/// `log` holds the rows before `state.batch` (empty for a new run).
+pub fn train(cfg: &TrainConfig, run: RunDir, mut state: TrainState, mut log: TrainLog, progress: bool) -> Result<()> {
+    let metadata = BTreeMap::from([
+        ("format".to_string(), "digitlab-snapshot-v1".to_string()),
+        ("config_hash".to_string(), cfg.trajectory_hash()),
+        ("digitlab_version".to_string(), cfg.digitlab_version.clone()),
+    ]);
+    let mut writer = RunWriter::spawn(run, metadata);
+    let bar = if progress { ProgressBar::new(cfg.steps) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} batches  {per_sec}  eta {eta}  loss {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(state.batch);
+    loop {
+        let b = state.batch;
+        let last = b == cfg.steps;
+        if b % cfg.snapshot_every == 0 || last {
+            writer.send(WriteJob::Log(log.clone()))?;
+            writer.send(WriteJob::Snapshot { batch: b, tensors: state.params.clone() })?;
+        }
+        if b % cfg.checkpoint_every == 0 || last {
+            writer.send(WriteJob::Checkpoint(state.to_checkpoint(cfg)))?;
+        }
+        if last {
+            break;
+        }
+        let row = state.step(cfg)?;
+        let loss = row.loss;
+        log.rows.push(row);
+        if !loss.is_finite() {
+            writer.send(WriteJob::Log(log))?;
+            writer.finish()?;
+            bar.abandon();
+            bail!(
+                "the training loss became {loss} at batch {b}; stopped. The run directory keeps \
+                 the snapshots and checkpoints written so far and the log up to batch {b}. Try a \
+                 smaller --lr, --warmup or --grad-clip."
+            );
+        }
+        if b % 10 == 0 {
+            bar.set_message(format!("{loss:.4}"));
+        }
+        bar.inc(1);
+    }
+    writer.finish()?;
+    bar.finish();
+    Ok(())
+}
