@@ -4,11 +4,13 @@
 //! a general forward pass with hooks and a fast training path) and the training loop; the
 //! `train` binary is a thin command line over it.
 
+pub mod allocator;
 pub mod config;
 pub mod model;
 pub mod optim;
 pub mod output_stats;
 pub mod step;
 pub mod task;
+pub mod threads;
 pub mod train;
 mod writer;

@@ -79,30 +79,82 @@ impl AdamW {
         let step_size = (lr / (1.0 - cfg.beta1.powi(t))) as f32;
         let bias_correction2_sqrt = (1.0 - cfg.beta2.powi(t)).sqrt() as f32;
         let eps = cfg.eps as f32;
+        let rule = UpdateRule {
+            decay,
+            beta1,
+            beta2,
+            step_size,
+            bias_correction2_sqrt,
+            eps,
+            grad_scale,
+        };
         let mut stats = Vec::with_capacity(params.len());
         for (i, theta) in params.iter_mut().enumerate() {
-            let (m, v, g) = (&mut self.m[i], &mut self.v[i], &grads[i]);
-            let (mut grad_sq, mut weight_sq, mut update_sq) = (0f64, 0f64, 0f64);
-            for j in 0..theta.len() {
-                let raw = g[j];
-                let grad = raw * grad_scale;
-                let old = theta[j];
-                let mut new = old * decay;
-                m[j] += (1.0 - beta1) * (grad - m[j]);
-                v[j] = v[j] * beta2 + (1.0 - beta2) * grad * grad;
-                let denom = v[j].sqrt() / bias_correction2_sqrt + eps;
-                new -= step_size * (m[j] / denom);
-                theta[j] = new;
-                grad_sq += f64::from(raw) * f64::from(raw);
-                weight_sq += f64::from(new) * f64::from(new);
-                update_sq += f64::from(new - old) * f64::from(new - old);
-            }
+            let sums = rule.apply(theta, &grads[i], &mut self.m[i], &mut self.v[i]);
             stats.push(TensorStats {
-                grad_norm: grad_sq.sqrt() as f32,
-                weight_norm: weight_sq.sqrt() as f32,
-                update_norm: update_sq.sqrt() as f32,
+                grad_norm: sums[0].sqrt() as f32,
+                weight_norm: sums[1].sqrt() as f32,
+                update_norm: sums[2].sqrt() as f32,
             });
         }
         stats
+    }
+}
+
+/// The scalars of one AdamW step.
+struct UpdateRule {
+    decay: f32,
+    beta1: f32,
+    beta2: f32,
+    step_size: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    grad_scale: f32,
+}
+
+/// Elements per group: the sums of squares are kept in this many f32 lanes so the loop
+/// vectorises (a single f64 accumulator would serialise it), then added up in f64.
+const LANES: usize = 16;
+
+impl UpdateRule {
+    /// Updates one tensor in place; returns the sums of squares of the raw gradient, the new
+    /// weights and the update.
+    fn apply(&self, theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) -> [f64; 3] {
+        let mut lanes = [[0f32; LANES]; 3];
+        let n = theta.len() - theta.len() % LANES;
+        for (((t, g), m), v) in theta[..n]
+            .chunks_exact_mut(LANES)
+            .zip(grad[..n].chunks_exact(LANES))
+            .zip(m[..n].chunks_exact_mut(LANES))
+            .zip(v[..n].chunks_exact_mut(LANES))
+        {
+            for l in 0..LANES {
+                let [g2, w2, u2] = self.one(&mut t[l], g[l], &mut m[l], &mut v[l]);
+                lanes[0][l] += g2;
+                lanes[1][l] += w2;
+                lanes[2][l] += u2;
+            }
+        }
+        let mut sums = lanes.map(|lane| lane.iter().map(|&x| f64::from(x)).sum::<f64>());
+        for j in n..theta.len() {
+            let squares = self.one(&mut theta[j], grad[j], &mut m[j], &mut v[j]);
+            for (sum, sq) in sums.iter_mut().zip(squares) {
+                *sum += f64::from(sq);
+            }
+        }
+        sums
+    }
+
+    /// PyTorch's order: decay, lerp the first moment, the second moment, then the step.
+    #[inline(always)]
+    fn one(&self, theta: &mut f32, raw_grad: f32, m: &mut f32, v: &mut f32) -> [f32; 3] {
+        let grad = raw_grad * self.grad_scale;
+        let old = *theta;
+        *m += (1.0 - self.beta1) * (grad - *m);
+        *v = *v * self.beta2 + (1.0 - self.beta2) * grad * grad;
+        let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
+        let new = old * self.decay - self.step_size * (*m / denom);
+        *theta = new;
+        [raw_grad * raw_grad, new * new, (new - old) * (new - old)]
     }
 }

@@ -157,9 +157,9 @@ pub(crate) fn log_softmax(logits: &[f32], log_p: &mut [f64]) {
         .filter(|&(i, _)| i != top)
         .map(|(_, &x)| (f64::from(x) - max).exp())
         .sum();
-    let log_normaliser = max + rest.ln_1p();
+    let log_rest = rest.ln_1p();
     for (lp, &x) in log_p.iter_mut().zip(logits) {
-        *lp = f64::from(x) - log_normaliser;
+        *lp = (f64::from(x) - max) - log_rest;
     }
 }
 

@@ -433,13 +433,22 @@ mod tests {
         let mut rng = TestRng::new(11);
         let (n_out, n_contexts) = (12, 3);
         let logits = random_logits(&mut rng, n_contexts * 100 * n_out);
-        for freqs in [&[1][..], &[5], &[2, 4], &[4, 2, 2], &[1, 2, 3, 4, 5], &[]] {
+        for freqs in [&[1][..], &[5], &[2, 4], &[1, 2, 3, 4, 5], &[]] {
             let (excluded, restricted) = reference_split(&logits, n_out, n_contexts, freqs);
             let got = excluded_logits(&logits, n_out, n_contexts, freqs);
             assert_all_close(&got, &excluded, 1e-5);
             let got = restricted_logits(&logits, n_out, n_contexts, freqs);
             assert_all_close(&got, &restricted, 1e-5);
         }
+        // The frequencies are a set: order and repeats do not matter.
+        assert_eq!(
+            excluded_logits(&logits, n_out, n_contexts, &[4, 2, 2]),
+            excluded_logits(&logits, n_out, n_contexts, &[2, 4])
+        );
+        assert_eq!(
+            restricted_logits(&logits, n_out, n_contexts, &[4, 2, 2]),
+            restricted_logits(&logits, n_out, n_contexts, &[2, 4])
+        );
     }
 
     #[test]
@@ -468,8 +477,9 @@ mod tests {
         assert_all_close(&left, &as_f64(&mean), 1e-5);
     }
 
-    /// `offset_m + sum_f 8 cos(2 pi f (a + b - o) / 10)`: a function of `(a + b) mod 10` per
-    /// context whose grid mean is `offset_m` for every output.
+    /// `offset_m + sum_f 8 cos(2 pi f (a + b - o) / 10)` for the digit outputs `o < 10` and
+    /// `offset_m` for `+` and `=`: a function of `(a + b) mod 10` per context whose grid mean is
+    /// `offset_m` for every output (each wave sums to 0 over the grid).
     fn sum_structured_logits(
         rng: &mut TestRng,
         n_out: usize,
@@ -483,10 +493,14 @@ mod tests {
                 for b in 0..10 {
                     for o in 0..n_out {
                         let s = (a + b) as f64 - o as f64;
-                        let wave: f64 = freqs
-                            .iter()
-                            .map(|&f| 8.0 * (2.0 * PI * f as f64 * s / 10.0).cos())
-                            .sum();
+                        let wave: f64 = if o < 10 {
+                            freqs
+                                .iter()
+                                .map(|&f| 8.0 * (2.0 * PI * f as f64 * s / 10.0).cos())
+                                .sum()
+                        } else {
+                            0.0
+                        };
                         logits.push((offset + wave) as f32);
                     }
                 }
@@ -536,6 +550,7 @@ mod tests {
         );
 
         let restricted = restricted_logits(&logits, n_out, n_contexts, &FREQUENCIES);
+        assert_all_close(&restricted, &as_f64(&logits), 1e-5);
         let kept = mean_cross_entropy(&restricted, n_out, &targets);
         assert!((kept - original).abs() <= 1e-9, "{kept} vs {original}");
 
@@ -574,12 +589,13 @@ mod tests {
             for m in 0..n_contexts {
                 let x =
                     |a: usize, b: usize| acts[(m * 100 + a * 10 + b) * n_neurons + neuron] as f64;
-                let mut mean = 0.0;
+                let mut sum = 0.0;
                 for a in 0..10 {
                     for b in 0..10 {
-                        mean += x(a, b) / 100.0;
+                        sum += x(a, b);
                     }
                 }
+                let mean = sum / 100.0;
                 for a in 0..10 {
                     for b in 0..10 {
                         total += (x(a, b) - mean).powi(2);

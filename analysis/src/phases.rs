@@ -12,8 +12,8 @@
 //! batch give the same answer:
 //! 1. smooth the loss with a centred running median over `smoothing_batches` batches (robust to
 //!    spikes, and exact on monotone stretches, so a drop is not shifted in time);
-//! 2. take the least-squares slope of the smoothed log-loss over the same centred window; a
-//!    sample is flat when that slope, per 1000 batches, is below `flat_slope` in magnitude;
+//! 2. take the least-squares slope of the smoothed log-loss over the same centred window (and at
+//!    least the neighbouring samples); a sample is flat when that slope, per 1000 batches, is below `flat_slope` in magnitude;
 //! 3. a run of flat samples is the core of a plateau; because the slope window reaches half a
 //!    window ahead, a core ends before the curve visibly moves, so each core is extended while the
 //!    smoothed log-loss stays within `edge_tolerance` of the core's edge value;
@@ -24,7 +24,6 @@
 //!    nearest reference level within `level_tolerance` in log-loss, or [`OTHER_LEVEL`].
 
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
 use std::fmt;
 
 /// Name of the reference level ln 10: the model knows nothing about the digit.
@@ -301,7 +300,7 @@ pub fn detect_phases(
             if smoothed[i] < options.zero_floor {
                 SampleState::Zero
             } else {
-                let (lo, hi) = window(&batch, i, half, half);
+                let (lo, hi) = slope_window(&batch, i, half);
                 match slope(&batch[lo..hi], &log_smoothed[lo..hi]) {
                     Some(s) if s.abs() * 1000.0 < options.flat_slope => SampleState::Flat,
                     _ => SampleState::Moving,
@@ -487,6 +486,13 @@ fn window(batches: &[u64], i: usize, before: u64, after: u64) -> (usize, usize) 
     (lo, hi)
 }
 
+/// The centred window of the slope at sample `i`: `half` batches either side, and at least the
+/// neighbouring samples, so that a window narrower than the sampling interval still has a slope.
+fn slope_window(batches: &[u64], i: usize, half: u64) -> (usize, usize) {
+    let (lo, hi) = window(batches, i, half, half);
+    (lo.min(i.saturating_sub(1)), hi.max((i + 2).min(batches.len())))
+}
+
 /// Running median of `values` over a centred window of `half` batches either side.
 fn centred_median(batches: &[u64], values: &[f64], half: u64) -> Vec<f64> {
     let mut buffer: Vec<f64> = Vec::new();
@@ -520,7 +526,7 @@ fn median_in_place(values: &mut [f64]) -> f64 {
     }
     let middle = values.len() / 2;
     *values
-        .select_nth_unstable_by(middle, |a, b| a.partial_cmp(b).unwrap_or(Ordering::Equal))
+        .select_nth_unstable_by(middle, f64::total_cmp)
         .1
 }
 

@@ -179,12 +179,16 @@ mod tests {
         });
         assert!(m.validate().unwrap_err().contains("expected"));
 
-        let mut m = Manifest::default();
-        m.snapshots = vec![entry(50, 'a'), entry(0, 'a')];
+        let m = Manifest {
+            snapshots: vec![entry(50, 'a'), entry(0, 'a')],
+            ..Manifest::default()
+        };
         assert!(m.validate().unwrap_err().contains("sorted"));
 
-        let mut m = Manifest::default();
-        m.format = "other".into();
+        let m = Manifest {
+            format: "other".into(),
+            ..Manifest::default()
+        };
         assert!(m.validate().is_err());
     }
 }

@@ -13,8 +13,10 @@ const BATCH: &str = "batch";
 const LOSS: &str = "loss";
 /// Prefix of the per-digit loss columns; the digit index follows.
 const DIGIT_LOSS: &str = "loss_digit_";
+/// A column name (or name prefix) and how to get its value.
+type Field<T> = (&'static str, fn(&T) -> f32);
 /// The scalar columns that follow the per-digit losses, in order.
-const SCALARS: [(&str, fn(&LogRow) -> f32); 5] = [
+const SCALARS: [Field<LogRow>; 5] = [
     ("grad_norm", |r| r.grad_norm),
     ("lr", |r| r.lr),
     ("logsumexp_mean", |r| r.logsumexp_mean),
@@ -22,7 +24,7 @@ const SCALARS: [(&str, fn(&LogRow) -> f32); 5] = [
     ("saturated_fraction", |r| r.saturated_fraction),
 ];
 /// The per-tensor columns, `{prefix}{tensor name}`, in order.
-const TENSOR_STATS: [(&str, fn(&TensorStats) -> f32); 3] = [
+const TENSOR_STATS: [Field<TensorStats>; 3] = [
     ("grad_norm/", |s| s.grad_norm),
     ("weight_norm/", |s| s.weight_norm),
     ("update_norm/", |s| s.update_norm),

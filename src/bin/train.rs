@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use digitlab::config::TrainConfig;
 use digitlab::task::{Layout, TaskConfig};
+use digitlab::threads::default_threads;
 use digitlab::train::{train, TrainState};
 use digitlab_snapshots::{RunDir, TrainLog};
 
@@ -82,6 +83,9 @@ struct Args {
     /// Write an optimizer checkpoint every N batches [default: 10 * --snapshot-every].
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Threads for matrix products [default: 1 below d_model 256, else 2].
+    #[arg(long)]
+    threads: Option<usize>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -92,6 +96,7 @@ struct UsageError(anyhow::Error);
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    digitlab::allocator::keep_freed_buffers();
     match run(args) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(UsageError(e))) => {
@@ -106,7 +111,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
-    let quiet = args.quiet;
+    let (quiet, threads) = (args.quiet, args.threads);
     let prepared = match &args.resume {
         Some(dir) => prepare_resume(dir, args.steps),
         None => prepare_new(&args),
@@ -130,6 +135,7 @@ fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
         cfg.steps,
         run.root().display()
     );
+    digitlab::threads::set_threads(threads.unwrap_or(default_threads(cfg.model.d_model)));
     train(&cfg, run, state, log, !quiet)?;
     Ok(Ok(()))
 }

@@ -1,0 +1,99 @@
+//! Training speed in steps/s for the configs the training issue sets goals for (prompt layout,
+//! 5 digits, batch 128), with one and two threads, and the cost of writing snapshots every 50
+//! batches. Prints figures; asserts nothing (speed goals are checked by reading them).
+//!
+//!     cargo bench --bench train_speed            # all configs
+//!     cargo bench --bench train_speed -- 128x4   # one config
+
+use std::time::Instant;
+
+use digitlab::config::TrainConfig;
+use digitlab::task::{Layout, TaskConfig};
+use digitlab::threads::set_threads;
+use digitlab::train::{train, TrainState};
+use digitlab_snapshots::{RunDir, TrainLog};
+
+const CONFIGS: [(usize, usize, u64); 3] = [(128, 4, 300), (512, 1, 60), (16, 1, 2000)];
+
+fn config(d_model: usize, n_heads: usize) -> TrainConfig {
+    let task = TaskConfig {
+        n_digits: 5,
+        layout: Layout::Prompt,
+        targets: vec![0],
+    };
+    TrainConfig::default_for(task, d_model, n_heads)
+}
+
+/// Median steps/s of three timed stretches of `steps` steps after 20 warm-up steps.
+fn steps_per_sec(cfg: &TrainConfig, steps: u64) -> f64 {
+    let mut state = TrainState::new(cfg);
+    for _ in 0..20 {
+        state.step(cfg).unwrap();
+    }
+    let mut rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..steps {
+                state.step(cfg).unwrap();
+            }
+            steps as f64 / start.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[1]
+}
+
+/// Seconds for a whole `train` of `steps` batches with the given snapshot interval.
+fn train_seconds(cfg: &TrainConfig, snapshot_every: u64) -> f64 {
+    let mut cfg = cfg.clone();
+    cfg.snapshot_every = snapshot_every;
+    cfg.checkpoint_every = 10 * snapshot_every;
+    let dir = std::env::temp_dir().join(format!("digitlab-bench-{}-{snapshot_every}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = RunDir::create(&dir, &serde_json::to_value(&cfg).unwrap()).unwrap();
+    let log = TrainLog {
+        digits: cfg.task.targets.clone(),
+        tensor_names: cfg.model.param_specs().into_iter().filter(|s| s.trained).map(|s| s.name).collect(),
+        rows: Vec::new(),
+    };
+    let start = Instant::now();
+    train(&cfg, run, TrainState::new(&cfg), log, false).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    seconds
+}
+
+fn main() {
+    digitlab::allocator::keep_freed_buffers();
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    for (d_model, n_heads, steps) in CONFIGS {
+        let name = format!("{d_model}x{n_heads}");
+        if filter.as_ref().is_some_and(|f| f != &name) {
+            continue;
+        }
+        let cfg = config(d_model, n_heads);
+        for threads in [1, 2] {
+            set_threads(threads);
+            let rate = steps_per_sec(&cfg, steps);
+            println!("train_speed d_model={d_model} n_heads={n_heads} threads={threads} steps_per_sec={rate:.1}");
+        }
+    }
+    if filter.as_deref().is_none_or(|f| f == "snapshots") {
+        set_threads(digitlab::threads::default_threads(128));
+        let mut cfg = config(128, 4);
+        cfg.steps = 1000;
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            without.push(train_seconds(&cfg, cfg.steps));
+            with.push(train_seconds(&cfg, 50));
+        }
+        with.sort_by(f64::total_cmp);
+        without.sort_by(f64::total_cmp);
+        println!(
+            "snapshot_overhead d_model=128 steps=1000 snapshot_every=50: {:.2} s vs {:.2} s without = {:+.1}%",
+            with[1],
+            without[1],
+            100.0 * (with[1] / without[1] - 1.0)
+        );
+    }
+}
