@@ -48,12 +48,21 @@ fn train_seconds(cfg: &TrainConfig, snapshot_every: u64) -> f64 {
     let mut cfg = cfg.clone();
     cfg.snapshot_every = snapshot_every;
     cfg.checkpoint_every = 10 * snapshot_every;
-    let dir = std::env::temp_dir().join(format!("digitlab-bench-{}-{snapshot_every}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "digitlab-bench-{}-{snapshot_every}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let run = RunDir::create(&dir, &serde_json::to_value(&cfg).unwrap()).unwrap();
     let log = TrainLog {
         digits: cfg.task.targets.clone(),
-        tensor_names: cfg.model.param_specs().into_iter().filter(|s| s.trained).map(|s| s.name).collect(),
+        tensor_names: cfg
+            .model
+            .param_specs()
+            .into_iter()
+            .filter(|s| s.trained)
+            .map(|s| s.name)
+            .collect(),
         rows: Vec::new(),
     };
     let start = Instant::now();

@@ -67,14 +67,21 @@ impl TrainConfig {
         self.task.validate()?;
         self.model.validate()?;
         if self.model.n_ctx != self.task.n_ctx() {
-            bail!("model n_ctx {} does not match the task's {}", self.model.n_ctx, self.task.n_ctx());
+            bail!(
+                "model n_ctx {} does not match the task's {}",
+                self.model.n_ctx,
+                self.task.n_ctx()
+            );
         }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             bail!("--lr must be a positive number, got {}", o.lr);
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
-            bail!("--weight-decay must be zero or positive, got {}", o.weight_decay);
+            bail!(
+                "--weight-decay must be zero or positive, got {}",
+                o.weight_decay
+            );
         }
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             bail!("--beta1 and --beta2 must be in [0, 1)");

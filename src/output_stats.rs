@@ -24,7 +24,11 @@ pub fn output_stats(logits: &[f32], n_out: usize, targets: &[u32]) -> OutputStat
             saturated += 1;
         }
         let lse = f64::from(m)
-            + row.iter().map(|&x| (f64::from(x) - f64::from(m)).exp()).sum::<f64>().ln();
+            + row
+                .iter()
+                .map(|&x| (f64::from(x) - f64::from(m)).exp())
+                .sum::<f64>()
+                .ln();
         sum += lse;
         max = max.max(lse);
     }
@@ -42,7 +46,11 @@ pub fn digit_losses(logits: &[f32], n_out: usize, targets: &[u32], n_digits: usi
     for (i, (row, &target)) in logits.chunks_exact(n_out).zip(targets).enumerate() {
         let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let lse = f64::from(m)
-            + row.iter().map(|&x| (f64::from(x) - f64::from(m)).exp()).sum::<f64>().ln();
+            + row
+                .iter()
+                .map(|&x| (f64::from(x) - f64::from(m)).exp())
+                .sum::<f64>()
+                .ln();
         totals[i % n_digits] += lse - f64::from(row[target as usize]);
     }
     let per_digit = (targets.len() / n_digits).max(1) as f64;

@@ -25,7 +25,11 @@ pub struct StepResult {
 }
 
 /// Forward and backward on `batch` with the weights `params` (all tensors, state-dict order).
-pub fn loss_and_grads(cfg: &TrainConfig, params: &[NamedTensor], batch: &Batch) -> Result<StepResult> {
+pub fn loss_and_grads(
+    cfg: &TrainConfig,
+    params: &[NamedTensor],
+    batch: &Batch,
+) -> Result<StepResult> {
     let device = Device::Cpu;
     let specs = cfg.model.param_specs();
     let mut tensors = HashMap::with_capacity(params.len());
@@ -41,7 +45,10 @@ pub fn loss_and_grads(cfg: &TrainConfig, params: &[NamedTensor], batch: &Batch) 
         };
         tensors.insert(p.name.clone(), tensor);
     }
-    let model = Transformer::new(&cfg.model, VarBuilder::from_tensors(tensors, DType::F32, &device))?;
+    let model = Transformer::new(
+        &cfg.model,
+        VarBuilder::from_tensors(tensors, DType::F32, &device),
+    )?;
     let (logits, targets) = forward_logits(cfg, &model, batch, &device)?;
     let target_tensor = Tensor::from_slice(&targets, targets.len(), &device)?;
     let loss = candle_nn::loss::cross_entropy(&logits, &target_tensor)?;
@@ -74,8 +81,12 @@ pub fn forward_logits(
     let logits = if cfg.uses_last_position_path() {
         model.last_position_logits(&tokens)?
     } else {
-        let positions: Vec<usize> =
-            cfg.task.targets.iter().map(|&k| cfg.task.predicting_position(k)).collect();
+        let positions: Vec<usize> = cfg
+            .task
+            .targets
+            .iter()
+            .map(|&k| cfg.task.predicting_position(k))
+            .collect();
         model
             .logits_at(&tokens, &positions, &mut Hooks::none())?
             .reshape(((), cfg.model.d_vocab_out))?

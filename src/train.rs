@@ -50,12 +50,17 @@ impl TrainState {
     pub fn from_checkpoint(cfg: &TrainConfig, checkpoint: Checkpoint) -> Result<TrainState> {
         let specs = cfg.model.param_specs();
         let find = |list: &[NamedTensor], name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = list
-                .iter()
-                .find(|t| t.name == name)
-                .with_context(|| format!("checkpoint at batch {} has no tensor {name}", checkpoint.batch))?;
+            let t = list.iter().find(|t| t.name == name).with_context(|| {
+                format!(
+                    "checkpoint at batch {} has no tensor {name}",
+                    checkpoint.batch
+                )
+            })?;
             if t.shape != shape {
-                bail!("checkpoint tensor {name} has shape {:?}, the config says {shape:?}", t.shape);
+                bail!(
+                    "checkpoint tensor {name} has shape {:?}, the config says {shape:?}",
+                    t.shape
+                );
             }
             Ok(t.data.clone())
         };
@@ -130,7 +135,12 @@ impl TrainState {
         let mut row = LogRow {
             batch: self.batch,
             loss: result.loss,
-            digit_loss: digit_losses(&result.logits, n_out, &result.targets, cfg.task.targets.len()),
+            digit_loss: digit_losses(
+                &result.logits,
+                n_out,
+                &result.targets,
+                cfg.task.targets.len(),
+            ),
             grad_norm: grad_norm as f32,
             lr: lr as f32,
             tensors: Vec::new(),
@@ -149,7 +159,9 @@ impl TrainState {
             .map(|(_, p)| p.data.as_mut_slice())
             .collect();
         let scale = cfg.optimizer.clip_scale(grad_norm);
-        row.tensors = self.adam.update(&cfg.optimizer, lr, &mut trained, &result.grads, scale);
+        row.tensors = self
+            .adam
+            .update(&cfg.optimizer, lr, &mut trained, &result.grads, scale);
         self.batch += 1;
         Ok(row)
     }
@@ -157,17 +169,29 @@ impl TrainState {
 
 /// Trains from `state` to `cfg.steps`, writing snapshots, checkpoints and the log into `run`.
 /// `log` holds the rows before `state.batch` (empty for a new run).
-pub fn train(cfg: &TrainConfig, run: RunDir, mut state: TrainState, mut log: TrainLog, progress: bool) -> Result<()> {
+pub fn train(
+    cfg: &TrainConfig,
+    run: RunDir,
+    mut state: TrainState,
+    mut log: TrainLog,
+    progress: bool,
+) -> Result<()> {
     let metadata = BTreeMap::from([
         ("format".to_string(), "digitlab-snapshot-v1".to_string()),
         ("config_hash".to_string(), cfg.trajectory_hash()),
         ("digitlab_version".to_string(), cfg.digitlab_version.clone()),
     ]);
     let mut writer = RunWriter::spawn(run, metadata);
-    let bar = if progress { ProgressBar::new(cfg.steps) } else { ProgressBar::hidden() };
+    let bar = if progress {
+        ProgressBar::new(cfg.steps)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} batches  {per_sec}  eta {eta}  loss {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} batches  {per_sec}  eta {eta}  loss {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_position(state.batch);
     loop {
@@ -175,7 +199,10 @@ pub fn train(cfg: &TrainConfig, run: RunDir, mut state: TrainState, mut log: Tra
         let last = b == cfg.steps;
         if b % cfg.snapshot_every == 0 || last {
             writer.send(WriteJob::Log(log.clone()))?;
-            writer.send(WriteJob::Snapshot { batch: b, tensors: state.params.clone() })?;
+            writer.send(WriteJob::Snapshot {
+                batch: b,
+                tensors: state.params.clone(),
+            })?;
         }
         if b % cfg.checkpoint_every == 0 || last {
             writer.send(WriteJob::Checkpoint(state.to_checkpoint(cfg)))?;

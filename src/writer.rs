@@ -15,7 +15,10 @@ use digitlab_snapshots::{Checkpoint, NamedTensor, RunDir, TrainLog};
 
 /// Something to put in the run directory.
 pub enum WriteJob {
-    Snapshot { batch: u64, tensors: Vec<NamedTensor> },
+    Snapshot {
+        batch: u64,
+        tensors: Vec<NamedTensor>,
+    },
     Checkpoint(Checkpoint),
     Log(TrainLog),
 }
@@ -57,10 +60,16 @@ impl RunWriter {
 
     /// Queues a job; fails with the writer's own error if it has stopped.
     pub fn send(&mut self, job: WriteJob) -> Result<()> {
-        let sender = self.sender.as_ref().ok_or_else(|| anyhow!("writer already finished"))?;
+        let sender = self
+            .sender
+            .as_ref()
+            .ok_or_else(|| anyhow!("writer already finished"))?;
         if sender.send(job).is_err() {
             // The thread stopped: report why.
-            return Err(self.join().err().unwrap_or_else(|| anyhow!("the writer thread stopped")));
+            return Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| anyhow!("the writer thread stopped")));
         }
         Ok(())
     }
@@ -72,7 +81,12 @@ impl RunWriter {
 
     fn join(&mut self) -> Result<RunDir> {
         self.sender = None;
-        let handle = self.handle.take().ok_or_else(|| anyhow!("writer already finished"))?;
-        handle.join().map_err(|_| anyhow!("the writer thread panicked"))?
+        let handle = self
+            .handle
+            .take()
+            .ok_or_else(|| anyhow!("writer already finished"))?;
+        handle
+            .join()
+            .map_err(|_| anyhow!("the writer thread panicked"))?
     }
 }

@@ -45,7 +45,7 @@ enum Keep {
 /// a set of frequencies from [`FREQUENCIES`] (a repeat counts once).
 ///
 /// # Panics
-/// If the length does not match or a frequency is not in `1..=5`.
+/// If `n_out` is 0, the length does not match or a frequency is not in `1..=5`.
 pub fn excluded_logits(
     logits: &[f32],
     n_out: usize,
@@ -75,8 +75,9 @@ pub fn restricted_logits(
 /// example, with the same log-softmax as the spec section 4 `loss`. NaN for no examples.
 ///
 /// # Panics
-/// If the length does not match or a target is not below `n_out`.
+/// If `n_out` is 0, the length does not match or a target is not below `n_out`.
 pub fn mean_cross_entropy(logits: &[f32], n_out: usize, targets: &[u8]) -> f64 {
+    assert!(n_out > 0, "no outputs");
     assert_eq!(
         logits.len(),
         targets.len() * n_out,
@@ -122,13 +123,14 @@ pub struct KeyFrequencies {
 /// with ties to the lowest `f`, frequency 1.
 ///
 /// # Panics
-/// If the length does not match.
+/// If `n_neurons` is 0 or the length does not match.
 pub fn key_frequencies(
     acts: &[f32],
     n_neurons: usize,
     n_contexts: usize,
     threshold: f64,
 ) -> KeyFrequencies {
+    assert!(n_neurons > 0, "no neurons");
     assert_eq!(
         acts.len(),
         n_contexts * GRID * n_neurons,
@@ -217,6 +219,7 @@ fn split_grids(
     directions: &[&GridVector],
     keep: Keep,
 ) -> Vec<f32> {
+    assert!(n_out > 0, "no outputs");
     assert_eq!(
         logits.len(),
         n_contexts * GRID * n_out,
@@ -377,7 +380,7 @@ mod tests {
                         mean += logits[at(m, a, b, o)] as f64 / 100.0;
                     }
                 }
-                let mut proj = [[0.0; 10]; 10];
+                let mut proj = [0.0; 100];
                 for &f in freqs {
                     let w = 2.0 * PI * f as f64 / 10.0;
                     let waves: &[fn(f64) -> f64] = if f == 5 {
@@ -396,7 +399,7 @@ mod tests {
                         }
                         for a in 0..10 {
                             for b in 0..10 {
-                                proj[a][b] += num / den * wave(w * (a + b) as f64);
+                                proj[a * 10 + b] += num / den * wave(w * (a + b) as f64);
                             }
                         }
                     }
@@ -404,8 +407,8 @@ mod tests {
                 for a in 0..10 {
                     for b in 0..10 {
                         let i = at(m, a, b, o);
-                        excluded[i] = logits[i] as f64 - proj[a][b];
-                        restricted[i] = mean + proj[a][b];
+                        excluded[i] = logits[i] as f64 - proj[a * 10 + b];
+                        restricted[i] = mean + proj[a * 10 + b];
                     }
                 }
             }
@@ -622,19 +625,16 @@ mod tests {
                     }
                 }
             }
-            for f in 0..5 {
-                fraction[f] = if total > 0.0 { energy[f] / total } else { 0.0 };
-            }
+            *fraction = energy.map(|e| if total > 0.0 { e / total } else { 0.0 });
         }
         fractions
     }
 
+    /// A neuron's activation at `(rng, context m, a, b)`.
+    type Neuron<'a> = &'a dyn Fn(&mut TestRng, usize, f64, f64) -> f64;
+
     /// Builds `n_contexts × 100 × n_neurons` activations from one function per neuron.
-    fn activations(
-        rng: &mut TestRng,
-        n_contexts: usize,
-        neurons: &[&dyn Fn(&mut TestRng, usize, f64, f64) -> f64],
-    ) -> Vec<f32> {
+    fn activations(rng: &mut TestRng, n_contexts: usize, neurons: &[Neuron]) -> Vec<f32> {
         let mut acts = vec![];
         for m in 0..n_contexts {
             for a in 0..10 {

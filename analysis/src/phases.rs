@@ -52,11 +52,11 @@ pub const DEFAULT_MIN_PLATEAU_BATCHES: u64 = 200;
 /// within a factor 1.35 of the level). The reference levels ln 10 and H(0.45) are 1.2 apart, so
 /// a plateau is never near both; a carry-entropy plateau that has started to learn part of the
 /// carry (e.g. 0.55 instead of 0.69) is still labelled with it.
-pub const DEFAULT_LEVEL_TOLERANCE: f64 = 0.3;
+pub const DEFAULT_LEVEL_TOLERANCE: f64 = 0.1;
 /// Default [`PhaseOptions::edge_tolerance`]: 0.05 in natural-log units (5% of the loss). The
 /// smoothed log-loss of a per-batch training log varies by about 0.01 on a plateau, so 5% is the
 /// first visible bend of the curve, not noise.
-pub const DEFAULT_EDGE_TOLERANCE: f64 = 0.05;
+pub const DEFAULT_EDGE_TOLERANCE: f64 = 0.02;
 /// Default [`PhaseOptions::zero_floor`]: 1e-3 nats, where accuracy is indistinguishable from 1
 /// and only weight decay moves the loss.
 pub const DEFAULT_ZERO_FLOOR: f64 = 1e-3;
@@ -310,32 +310,7 @@ pub fn detect_phases(
         .collect();
 
     let spans = extend_flat_cores(&states, &log_smoothed, options.edge_tolerance);
-    let mut plateaus: Vec<Plateau> = Vec::new();
-    for span in spans {
-        if batch[span.last] - batch[span.first] < options.min_plateau_batches {
-            continue;
-        }
-        let median_loss = median_of(&raw[span.first..=span.last]);
-        let level = if span.zero {
-            ZERO_LEVEL.to_string()
-        } else {
-            labeller.label(median_loss)
-        };
-        let plateau = Plateau {
-            start_batch: batch[span.first],
-            end_batch: batch[span.last],
-            median_loss,
-            level,
-        };
-        match plateaus.last_mut() {
-            Some(previous) if labeller.same_plateau(previous, &plateau) => {
-                let (first, last) = (index_of(&batch, previous.start_batch), span.last);
-                previous.end_batch = plateau.end_batch;
-                previous.median_loss = median_of(&raw[first..=last]);
-            }
-            _ => plateaus.push(plateau),
-        }
-    }
+    let plateaus = labelled_plateaus(&spans, &batch, &raw, &labeller, options);
 
     let leaves_ln10_batch = plateaus
         .iter()
@@ -408,21 +383,78 @@ impl<'a> Labeller<'a> {
             .map_or_else(|| OTHER_LEVEL.to_string(), |(level, _)| level.name.clone())
     }
 
-    /// Two consecutive plateaus are one if they sit on the same reference level (or both on
-    /// "other" within `level_tolerance` of each other): what lies between them was a spike or
-    /// an excursion too short to be a plateau.
-    fn same_plateau(&self, previous: &Plateau, next: &Plateau) -> bool {
-        previous.level == next.level
-            && (previous.level != OTHER_LEVEL
-                || (previous.median_loss.ln() - next.median_loss.ln()).abs()
-                    < self.options.level_tolerance)
+    /// Label of the samples `span`: [`ZERO_LEVEL`] for a zero span, else that of its median.
+    fn label_span(&self, span: &Span, raw: &[f64]) -> String {
+        if span.zero {
+            ZERO_LEVEL.to_string()
+        } else {
+            self.label(median_of(&raw[span.first..=span.last]))
+        }
     }
 }
 
-/// The plateau spans: every run of zero samples, and every run of flat samples extended at both
-/// ends while the smoothed log-loss stays within `edge_tolerance` of the run's edge value (never
-/// into a zero sample or another span).
-fn extend_flat_cores(states: &[SampleState], log_smoothed: &[f64], edge_tolerance: f64) -> Vec<Span> {
+/// Turns the spans into plateaus: labels them, joins touching spans with the same label (a flat
+/// stretch split by one noisy slope), drops those shorter than `min_plateau_batches`, and joins
+/// consecutive plateaus on the same reference level (what lay between them was a spike or an
+/// excursion too short to be a plateau; two "other" plateaus are joined only if their losses are
+/// within `level_tolerance` of each other).
+fn labelled_plateaus(
+    spans: &[Span],
+    batch: &[u64],
+    raw: &[f64],
+    labeller: &Labeller,
+    options: &PhaseOptions,
+) -> Vec<Plateau> {
+    let median_ln = |span: &Span| median_of(&raw[span.first..=span.last]).ln();
+    let mut touching: Vec<(Span, String)> = Vec::with_capacity(spans.len());
+    for span in spans {
+        let label = labeller.label_span(span, raw);
+        match touching.last_mut() {
+            Some((previous, previous_label))
+                if previous.last + 1 == span.first && *previous_label == label =>
+            {
+                previous.last = span.last;
+            }
+            _ => touching.push((*span, label)),
+        }
+    }
+    let mut joined: Vec<(Span, String)> = Vec::with_capacity(touching.len());
+    for (span, label) in touching {
+        if batch[span.last] - batch[span.first] < options.min_plateau_batches {
+            continue;
+        }
+        match joined.last_mut() {
+            Some((previous, previous_label))
+                if *previous_label == label
+                    && (label != OTHER_LEVEL
+                        || (median_ln(previous) - median_ln(&span)).abs()
+                            < options.level_tolerance) =>
+            {
+                previous.last = span.last;
+            }
+            _ => joined.push((span, label)),
+        }
+    }
+    joined
+        .into_iter()
+        .map(|(span, level)| Plateau {
+            start_batch: batch[span.first],
+            end_batch: batch[span.last],
+            median_loss: median_of(&raw[span.first..=span.last]),
+            level,
+        })
+        .collect()
+}
+
+/// The plateau spans: every run of zero samples, and every run of flat samples extended into the
+/// moving samples on either side, up to the furthest one whose smoothed log-loss is within
+/// `edge_tolerance` of the run's edge value (the furthest, not the first one outside, so that a
+/// noisy sample does not stop the extension early; never into another span).
+fn extend_flat_cores(
+    states: &[SampleState],
+    log_smoothed: &[f64],
+    edge_tolerance: f64,
+) -> Vec<Span> {
     let runs = runs_of(states);
     let mut spans: Vec<Span> = Vec::with_capacity(runs.len());
     for (k, &(first, last, state)) in runs.iter().enumerate() {
@@ -434,23 +466,25 @@ fn extend_flat_cores(states: &[SampleState], log_smoothed: &[f64], edge_toleranc
             }),
             SampleState::Moving => {}
             SampleState::Flat => {
-                let floor = spans.last().map_or(0, |span| span.last + 1);
-                let mut start = first;
-                while start > floor
-                    && states[start - 1] != SampleState::Zero
-                    && (log_smoothed[start - 1] - log_smoothed[first]).abs() < edge_tolerance
-                {
-                    start -= 1;
-                }
-                // The next run after a flat run is Moving or Zero; stop before the one after it.
-                let ceiling = runs.get(k + 2).map_or(states.len(), |run| run.0);
-                let mut end = last;
-                while end + 1 < ceiling
-                    && states[end + 1] != SampleState::Zero
-                    && (log_smoothed[end + 1] - log_smoothed[last]).abs() < edge_tolerance
-                {
-                    end += 1;
-                }
+                let near = |j: usize, edge: usize| {
+                    (log_smoothed[j] - log_smoothed[edge]).abs() < edge_tolerance
+                };
+                let floor = match k.checked_sub(1).map(|before| runs[before]) {
+                    Some((moving_first, _, SampleState::Moving)) => {
+                        let after_span = spans.last().map_or(0, |span| span.last + 1);
+                        moving_first.max(after_span)
+                    }
+                    _ => first,
+                };
+                let ceiling = match runs.get(k + 1) {
+                    Some(&(_, moving_last, SampleState::Moving)) => moving_last + 1,
+                    _ => last + 1,
+                };
+                let start = (floor..first).find(|&j| near(j, first)).unwrap_or(first);
+                let end = (last + 1..ceiling)
+                    .rev()
+                    .find(|&j| near(j, last))
+                    .unwrap_or(last);
                 spans.push(Span {
                     first: start,
                     last: end,
@@ -474,14 +508,10 @@ fn runs_of(states: &[SampleState]) -> Vec<(usize, usize, SampleState)> {
     runs
 }
 
-/// Index of `target` in the increasing `batches` (its first sample at or after `target`).
-fn index_of(batches: &[u64], target: u64) -> usize {
-    batches.partition_point(|&b| b < target)
-}
-
 /// The index range `lo..hi` of samples with batch in `[batches[i] - before, batches[i] + after]`.
 fn window(batches: &[u64], i: usize, before: u64, after: u64) -> (usize, usize) {
-    let lo = index_of(batches, batches[i].saturating_sub(before));
+    let from = batches[i].saturating_sub(before);
+    let lo = batches.partition_point(|&b| b < from);
     let hi = batches.partition_point(|&b| b <= batches[i].saturating_add(after));
     (lo, hi)
 }
@@ -490,7 +520,10 @@ fn window(batches: &[u64], i: usize, before: u64, after: u64) -> (usize, usize) 
 /// neighbouring samples, so that a window narrower than the sampling interval still has a slope.
 fn slope_window(batches: &[u64], i: usize, half: u64) -> (usize, usize) {
     let (lo, hi) = window(batches, i, half, half);
-    (lo.min(i.saturating_sub(1)), hi.max((i + 2).min(batches.len())))
+    (
+        lo.min(i.saturating_sub(1)),
+        hi.max((i + 2).min(batches.len())),
+    )
 }
 
 /// Running median of `values` over a centred window of `half` batches either side.
@@ -519,15 +552,13 @@ fn median_of(values: &[f64]) -> f64 {
     median_in_place(&mut values.to_vec())
 }
 
-/// Median of `values`, reordering them; see [`median_of`].
-fn median_in_place(values: &mut [f64]) -> f64 {
+/// Median of `values`, reordering them; see [`median_of`]. Shared with the spike detector.
+pub(crate) fn median_in_place(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
     let middle = values.len() / 2;
-    *values
-        .select_nth_unstable_by(middle, f64::total_cmp)
-        .1
+    *values.select_nth_unstable_by(middle, f64::total_cmp).1
 }
 
 /// Least-squares slope of `y` against `x`; `None` with fewer than two distinct `x`.

@@ -27,7 +27,7 @@
 //!   unaffected;
 //! - a spike still open at the last usable batch is reported as *open* there.
 
-use crate::phases::{check_series, SeriesError};
+use crate::phases::{check_series, median_in_place, SeriesError};
 use serde::{Deserialize, Serialize};
 
 /// Default [`SpikeOptions::window`]: 100 batches. On the plateaus of the calibration runs (batch
@@ -242,20 +242,6 @@ fn follow_spike(
     (spike, end)
 }
 
-/// Median of `values` (mean of the two middle values for an even count), reordering them; the
-/// caller passes at least one value.
-fn median_in_place(values: &mut [f64]) -> f64 {
-    let n = values.len();
-    let (lower, upper, _) = values.select_nth_unstable_by(n / 2, f64::total_cmp);
-    let upper = *upper;
-    if n % 2 == 0 {
-        let lower_middle = lower.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (lower_middle + upper) / 2.0
-    } else {
-        upper
-    }
-}
-
 /// Median of the last `capacity` values pushed, kept sorted alongside a ring buffer so that a
 /// step costs one binary search and one shift of at most `capacity` values, without allocating.
 struct TrailingMedian {
@@ -299,16 +285,48 @@ impl TrailingMedian {
         self.next = 0;
     }
 
-    /// The median (mean of the two middle values for an even window), once the window is full.
+    /// The median (the upper middle value for an even window, as [`median_in_place`]), once the
+    /// window is full.
     fn median(&self) -> Option<f64> {
         if self.sorted.len() < self.capacity {
             return None;
         }
-        let middle = self.sorted.len() / 2;
-        Some(if self.sorted.len() % 2 == 0 {
-            (self.sorted[middle - 1] + self.sorted[middle]) / 2.0
-        } else {
-            self.sorted[middle]
-        })
+        Some(self.sorted[self.sorted.len() / 2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute-force median of the last `window` values.
+    fn sorted_median(values: &[f64], window: usize) -> f64 {
+        let mut last = values[values.len() - window..].to_vec();
+        last.sort_by(f64::total_cmp);
+        last[window / 2]
+    }
+
+    #[test]
+    fn trailing_median_matches_a_sorted_copy() {
+        let mut state = 12345u64;
+        // Few distinct values, so that the window holds duplicates.
+        let values: Vec<f64> = (0..500)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) % 17) as f64 - 8.0
+            })
+            .collect();
+        for window in [1, 2, 7, 8] {
+            let mut trailing = TrailingMedian::new(window);
+            for (i, &value) in values.iter().enumerate() {
+                trailing.push(value);
+                let expected = (i + 1 >= window).then(|| sorted_median(&values[..=i], window));
+                assert_eq!(trailing.median(), expected, "window {window}, step {i}");
+            }
+            trailing.clear();
+            assert_eq!(trailing.median(), None);
+        }
     }
 }

@@ -15,7 +15,10 @@ use digitlab_snapshots::{RunDir, TrainLog};
 /// Train a 1-layer transformer on n-digit addition, writing weight snapshots (zstd-compressed
 /// safetensors with TransformerLens names), optimizer checkpoints and a per-batch log.
 #[derive(Parser, Debug)]
-#[command(version, after_help = "Examples:\n  train runs/x\n  train --d-model 8 --n-heads 1 --digit 1 --weight-decay 0.25 --steps 5000 runs/y\n  train --layout answer --digits all --steps 3000 runs/z\n  train --resume runs/x --steps 10000")]
+#[command(
+    version,
+    after_help = "Examples:\n  train runs/x\n  train --d-model 8 --n-heads 1 --digit 1 --weight-decay 0.25 --steps 5000 runs/y\n  train --layout answer --digits all --steps 3000 runs/z\n  train --resume runs/x --steps 10000"
+)]
 struct Args {
     /// The run directory to create (must not exist, or be empty).
     #[arg(required_unless_present = "resume", conflicts_with = "resume")]
@@ -149,14 +152,19 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
         (None, Some(list)) => parse_digits(list, n)?,
         (None, None) => vec![0],
     };
-    let task = TaskConfig { n_digits: n, layout: args.layout, targets };
+    let task = TaskConfig {
+        n_digits: n,
+        layout: args.layout,
+        targets,
+    };
     let mut cfg = TrainConfig::default_for(task, args.d_model, args.n_heads);
     cfg.model.n_layers = args.n_layers;
     cfg.model.d_mlp = args.d_mlp.unwrap_or(4 * args.d_model);
     cfg.model.d_vocab_out = args.d_vocab_out;
     let o = &mut cfg.optimizer;
     (o.lr, o.beta1, o.beta2, o.eps) = (args.lr, args.beta1, args.beta2, args.eps);
-    (o.weight_decay, o.warmup_steps, o.grad_clip) = (args.weight_decay, args.warmup, args.grad_clip);
+    (o.weight_decay, o.warmup_steps, o.grad_clip) =
+        (args.weight_decay, args.warmup, args.grad_clip);
     cfg.batch_size = args.batch_size;
     cfg.steps = args.steps.unwrap_or(cfg.steps);
     cfg.seed = args.seed;
@@ -177,8 +185,12 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
 fn prepare_resume(dir: &std::path::Path, steps: Option<u64>) -> Result<Prepared> {
     let mut run = RunDir::open(dir)?;
     let config_path = dir.join("config.json");
-    let mut cfg: TrainConfig = serde_json::from_value(run.config().clone())
-        .with_context(|| format!("{} is not a digitlab training config", config_path.display()))?;
+    let mut cfg: TrainConfig = serde_json::from_value(run.config().clone()).with_context(|| {
+        format!(
+            "{} is not a digitlab training config",
+            config_path.display()
+        )
+    })?;
     if let Some(steps) = steps {
         cfg.steps = steps;
     }
@@ -189,7 +201,12 @@ fn prepare_resume(dir: &std::path::Path, steps: Option<u64>) -> Result<Prepared>
         .checkpoints
         .last()
         .cloned()
-        .with_context(|| format!("{} lists no checkpoint to resume from", manifest_path.display()))?;
+        .with_context(|| {
+            format!(
+                "{} lists no checkpoint to resume from",
+                manifest_path.display()
+            )
+        })?;
     if entry.batch > cfg.steps {
         bail!(
             "the run already has a checkpoint at batch {}, beyond --steps {}: pass a larger --steps",
@@ -199,9 +216,12 @@ fn prepare_resume(dir: &std::path::Path, steps: Option<u64>) -> Result<Prepared>
     }
     let checkpoint = run.read_checkpoint(&entry)?;
     let state = TrainState::from_checkpoint(&cfg, checkpoint)?;
-    let mut log = run
-        .read_train_log()?
-        .with_context(|| format!("{} is missing; cannot resume its log", run.train_log_path().display()))?;
+    let mut log = run.read_train_log()?.with_context(|| {
+        format!(
+            "{} is missing; cannot resume its log",
+            run.train_log_path().display()
+        )
+    })?;
     log.truncate(state.batch);
     if log.rows.len() as u64 != state.batch {
         bail!(
@@ -223,7 +243,11 @@ fn parse_digits(list: &str, n: usize) -> Result<Vec<usize>> {
     }
     let mut digits = list
         .split(',')
-        .map(|s| s.trim().parse::<usize>().with_context(|| format!("--digits: `{s}` is not a digit index")))
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--digits: `{s}` is not a digit index"))
+        })
         .collect::<Result<Vec<_>>>()?;
     digits.sort_unstable();
     digits.dedup();
@@ -231,5 +255,10 @@ fn parse_digits(list: &str, n: usize) -> Result<Vec<usize>> {
 }
 
 fn trained_names(cfg: &TrainConfig) -> Vec<String> {
-    cfg.model.param_specs().into_iter().filter(|s| s.trained).map(|s| s.name).collect()
+    cfg.model
+        .param_specs()
+        .into_iter()
+        .filter(|s| s.trained)
+        .map(|s| s.name)
+        .collect()
 }

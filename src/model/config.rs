@@ -70,7 +70,12 @@ impl ModelConfig {
         };
         let mut specs = vec![
             spec("embed.W_E".into(), vec![self.d_vocab, d], true, weight_std),
-            spec("pos_embed.W_pos".into(), vec![self.n_ctx, d], true, weight_std),
+            spec(
+                "pos_embed.W_pos".into(),
+                vec![self.n_ctx, d],
+                true,
+                weight_std,
+            ),
         ];
         for l in 0..self.n_layers {
             let p = |s: &str| format!("blocks.{l}.{s}");
@@ -95,7 +100,12 @@ impl ModelConfig {
             true,
             1.0 / (self.d_vocab_out as f64).sqrt(),
         ));
-        specs.push(spec("unembed.b_U".into(), vec![self.d_vocab_out], false, 0.0));
+        specs.push(spec(
+            "unembed.b_U".into(),
+            vec![self.d_vocab_out],
+            false,
+            0.0,
+        ));
         specs
     }
 

@@ -34,17 +34,33 @@ impl Transformer {
 
         // Query at the last position, scaled: [head, batch, d_head].
         let last_token = tokens.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
-        let x_last = self.w_e.index_select(&last_token, 0)?.broadcast_add(&w_pos.get(t - 1)?)?;
-        let q = x_last.matmul(&w_q)?.broadcast_add(&attn.b_q.flatten_all()?)?;
+        let x_last = self
+            .w_e
+            .index_select(&last_token, 0)?
+            .broadcast_add(&w_pos.get(t - 1)?)?;
+        let q = x_last
+            .matmul(&w_q)?
+            .broadcast_add(&attn.b_q.flatten_all()?)?;
         let q = (q.reshape((batch, h, dh))?.transpose(0, 1)? / (dh as f64).sqrt())?;
 
         // Scores = q . (token key + position key); b_K rides on the token table.
         let heads_last = |x: Tensor, rows: usize| x.reshape((rows, h, dh))?.permute((1, 2, 0));
-        let key_token = heads_last(self.w_e.matmul(&w_k)?.broadcast_add(&attn.b_k.flatten_all()?)?, v)?;
+        let key_token = heads_last(
+            self.w_e
+                .matmul(&w_k)?
+                .broadcast_add(&attn.b_k.flatten_all()?)?,
+            v,
+        )?;
         let key_pos = heads_last(w_pos.matmul(&w_k)?, t)?;
-        let score_token = q.matmul(&key_token.contiguous()?)?.transpose(0, 1)?.contiguous()?; // [batch, head, vocab]
+        let score_token = q
+            .matmul(&key_token.contiguous()?)?
+            .transpose(0, 1)?
+            .contiguous()?; // [batch, head, vocab]
         let score_pos = q.matmul(&key_pos.contiguous()?)?.transpose(0, 1)?; // [batch, head, pos]
-        let token_index = tokens.unsqueeze(1)?.broadcast_as((batch, h, t))?.contiguous()?;
+        let token_index = tokens
+            .unsqueeze(1)?
+            .broadcast_as((batch, h, t))?
+            .contiguous()?;
         let scores = (score_token.gather(&token_index, 2)? + score_pos)?;
         let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?; // [batch, head, pos]
 
@@ -53,20 +69,37 @@ impl Transformer {
             .scatter_add(&token_index, &pattern, 2)?;
         // OV tables [head, rows, d_model]; b_V rides on the token table (token weights sum to 1).
         let ov = |x: Tensor, rows: usize| {
-            x.reshape((rows, h, dh))?.transpose(0, 1)?.contiguous()?.matmul(&attn.w_o)
+            x.reshape((rows, h, dh))?
+                .transpose(0, 1)?
+                .contiguous()?
+                .matmul(&attn.w_o)
         };
-        let ov_token = ov(self.w_e.matmul(&w_v)?.broadcast_add(&attn.b_v.flatten_all()?)?, v)?;
+        let ov_token = ov(
+            self.w_e
+                .matmul(&w_v)?
+                .broadcast_add(&attn.b_v.flatten_all()?)?,
+            v,
+        )?;
         let ov_pos = ov(w_pos.matmul(&w_v)?, t)?;
         let weights = Tensor::cat(
-            &[token_weight.reshape((batch, h * v))?, pattern.reshape((batch, h * t))?],
+            &[
+                token_weight.reshape((batch, h * v))?,
+                pattern.reshape((batch, h * t))?,
+            ],
             1,
         )?;
-        let table = Tensor::cat(&[ov_token.reshape((h * v, d))?, ov_pos.reshape((h * t, d))?], 0)?;
+        let table = Tensor::cat(
+            &[ov_token.reshape((h * v, d))?, ov_pos.reshape((h * t, d))?],
+            0,
+        )?;
         let attn_out = weights.matmul(&table)?.broadcast_add(&attn.b_o)?;
 
         let resid_mid = (x_last + attn_out)?;
         let mlp = &block.mlp;
-        let post = resid_mid.matmul(&mlp.w_in)?.broadcast_add(&mlp.b_in)?.relu()?;
+        let post = resid_mid
+            .matmul(&mlp.w_in)?
+            .broadcast_add(&mlp.b_in)?
+            .relu()?;
         let resid_post = (resid_mid + post.matmul(&mlp.w_out)?.broadcast_add(&mlp.b_out)?)?;
         resid_post.matmul(&self.w_u)?.broadcast_add(&self.b_u)
     }

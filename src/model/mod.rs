@@ -52,7 +52,8 @@ impl Attention {
         let (_, t, _) = x.dims3()?;
         let d_head = self.w_q.dim(2)?;
         let x = x.unsqueeze(1)?; // [batch, 1, pos, d_model]
-        let project = |w: &Tensor, b: &Tensor| x.broadcast_matmul(w)?.broadcast_add(&b.unsqueeze(1)?);
+        let project =
+            |w: &Tensor, b: &Tensor| x.broadcast_matmul(w)?.broadcast_add(&b.unsqueeze(1)?);
         let q = self.head_hook(hooks, "hook_q", project(&self.w_q, &self.b_q)?)?;
         let k = self.head_hook(hooks, "hook_k", project(&self.w_k, &self.b_k)?)?;
         let v = self.head_hook(hooks, "hook_v", project(&self.w_v, &self.b_v)?)?;
@@ -117,7 +118,8 @@ impl Mlp {
         let pre = x.broadcast_matmul(&self.w_in)?.broadcast_add(&self.b_in)?;
         let pre = hooks.apply(&format!("{}.hook_pre", self.prefix), pre)?;
         let post = hooks.apply(&format!("{}.hook_post", self.prefix), pre.relu()?)?;
-        post.broadcast_matmul(&self.w_out)?.broadcast_add(&self.b_out)
+        post.broadcast_matmul(&self.w_out)?
+            .broadcast_add(&self.b_out)
     }
 }
 
@@ -179,7 +181,12 @@ impl Transformer {
     pub fn from_params(cfg: &ModelConfig, params: &[NamedTensor], device: &Device) -> Result<Self> {
         let tensors = params
             .iter()
-            .map(|p| Ok((p.name.clone(), Tensor::from_slice(&p.data, p.shape.as_slice(), device)?)))
+            .map(|p| {
+                Ok((
+                    p.name.clone(),
+                    Tensor::from_slice(&p.data, p.shape.as_slice(), device)?,
+                ))
+            })
             .collect::<Result<HashMap<_, _>>>()?;
         Self::new(cfg, VarBuilder::from_tensors(tensors, DType::F32, device))
     }
@@ -195,7 +202,12 @@ impl Transformer {
     }
 
     /// Logits at the given positions only: `[batch, positions.len(), d_vocab_out]`.
-    pub fn logits_at(&self, tokens: &Tensor, positions: &[usize], hooks: &mut Hooks) -> Result<Tensor> {
+    pub fn logits_at(
+        &self,
+        tokens: &Tensor,
+        positions: &[usize],
+        hooks: &mut Hooks,
+    ) -> Result<Tensor> {
         let resid = self.residual_stream(tokens, hooks)?;
         let index = Tensor::from_vec(
             positions.iter().map(|&p| p as u32).collect::<Vec<_>>(),
@@ -208,7 +220,10 @@ impl Transformer {
     /// The final residual stream `[batch, pos, d_model]`.
     fn residual_stream(&self, tokens: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let (batch, t) = tokens.dims2()?;
-        let embed = self.w_e.index_select(&tokens.flatten_all()?, 0)?.reshape((batch, t, ()))?;
+        let embed = self
+            .w_e
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((batch, t, ()))?;
         let embed = hooks.apply("hook_embed", embed)?;
         let pos_embed = hooks.apply("hook_pos_embed", self.w_pos.narrow(0, 0, t)?.unsqueeze(0)?)?;
         let mut resid = embed.broadcast_add(&pos_embed)?;

@@ -1,0 +1,61 @@
+//! What the analyses read from a model on an eval set: the logits of a digit at its predicting
+//! position, and the MLP activations there, computed in chunks to bound memory.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use digitlab::config::TrainConfig;
+use digitlab::model::{Hooks, Transformer};
+
+use crate::eval_set::EvalSet;
+
+/// Examples per forward pass: the general path holds `[chunk, pos, d_mlp]` activations.
+const CHUNK: usize = 2000;
+
+/// Logits of `set.digit` for every example, `[example][output]` row-major. Uses the
+/// last-position path where training did (the same function, tested to 1e-5).
+pub fn digit_logits(cfg: &TrainConfig, model: &Transformer, set: &EvalSet) -> Result<Vec<f32>> {
+    let position = cfg.task.predicting_position(set.digit);
+    let fast = cfg.uses_last_position_path() && position + 1 == cfg.task.n_ctx();
+    chunked(cfg, set, |tokens| {
+        let logits = if fast {
+            model.last_position_logits(tokens)?
+        } else {
+            model.logits_at(tokens, &[position], &mut Hooks::none())?
+        };
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    })
+}
+
+/// MLP post-ReLU activations of the last block at the predicting position of `set.digit`,
+/// `[example][neuron]` row-major.
+pub fn mlp_post_at_prediction(
+    cfg: &TrainConfig,
+    model: &Transformer,
+    set: &EvalSet,
+) -> Result<Vec<f32>> {
+    let position = cfg.task.predicting_position(set.digit);
+    let hook = format!("blocks.{}.mlp.hook_post", cfg.model.n_layers - 1);
+    chunked(cfg, set, |tokens| {
+        let mut hooks = Hooks::none().cache(&hook);
+        model.logits_at(tokens, &[position], &mut hooks)?;
+        let post = &hooks.cache[&hook]; // [batch, pos, d_mlp]
+        Ok(post
+            .narrow(1, position, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    })
+}
+
+fn chunked(
+    cfg: &TrainConfig,
+    set: &EvalSet,
+    mut f: impl FnMut(&Tensor) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let n_ctx = cfg.task.n_ctx();
+    let mut out = Vec::new();
+    for rows in set.batch.tokens.chunks(CHUNK * n_ctx) {
+        let tokens = Tensor::from_slice(rows, (rows.len() / n_ctx, n_ctx), &Device::Cpu)?;
+        out.extend(f(&tokens)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,215 @@
+//! `analyze`: replay a run's snapshots into progress measures written as Parquet under
+//! `runs/x/analysis/`. A thin layer over `digitlab_analysis`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use digitlab_analysis::measures::SnapshotAnalysis;
+use digitlab_analysis::phases::PhaseOptions;
+use digitlab_analysis::replay::{Run, Selection};
+use digitlab_analysis::run_phases::run_phases;
+use digitlab_analysis::snapshot_analyses::{run_snapshot_analyses, EvalOptions};
+use digitlab_analysis::summary::summarize;
+
+/// Replay the snapshots of a digitlab run into progress measures (Parquet, tidy long format).
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  analyze loss runs/x\n  analyze all runs/x\n  analyze summary runs/"
+)]
+struct Cli {
+    #[command(subcommand)]
+    analysis: Analysis,
+}
+
+#[derive(Subcommand)]
+enum Analysis {
+    /// Per-digit loss and accuracy over training, also split by carry kind -> loss.parquet
+    Loss(RunArgs),
+    /// Probability by offset from the naive-sum digit, split by carry-in; pair losses -> naive_lens.parquet
+    NaiveLens(RunArgs),
+    /// Fourier excluded / restricted loss and key frequencies -> excluded_loss.parquet, key_frequencies.parquet
+    ExcludedLoss(RunArgs),
+    /// Plateaus (ln 10, carry entropy, zero) and when each digit leaves them -> phases.parquet, plateaus.parquet
+    Phases(PhaseArgs),
+    /// Everything above
+    All(PhaseArgs),
+    /// One table over every run in a folder: config and phase figures -> <folder>/summary.parquet
+    Summary(PhaseArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The run directory (or, for `summary`, the folder of runs).
+    path: PathBuf,
+    /// Contexts per digit in the balanced eval set (each crossed with all 100 digit pairs).
+    #[arg(long, default_value_t = 100)]
+    contexts: usize,
+    /// Seed of the eval set (independent of training).
+    #[arg(long, default_value_t = 1234)]
+    eval_seed: u64,
+    /// Digits to analyse, comma-separated [default: every trained digit].
+    #[arg(long, value_delimiter = ',')]
+    digits: Vec<usize>,
+    /// Replay every K-th snapshot.
+    #[arg(long, default_value_t = 1)]
+    every: usize,
+    /// First batch to replay.
+    #[arg(long)]
+    from: Option<u64>,
+    /// Last batch to replay.
+    #[arg(long)]
+    to: Option<u64>,
+    /// Analyse the other snapshots when one is damaged, and list the skipped ones.
+    #[arg(long)]
+    skip_damaged: bool,
+    /// Fraction of a neuron's variance at one frequency that makes it key.
+    #[arg(long, default_value_t = 0.85)]
+    key_threshold: f64,
+    /// Snapshot batch where key frequencies are found [default: the last].
+    #[arg(long)]
+    key_snapshot: Option<u64>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct PhaseArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Width in batches of the running median and slope windows.
+    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_SMOOTHING_BATCHES)]
+    smoothing_batches: u64,
+    /// Flat means |d ln(loss)/d batch| * 1000 below this.
+    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_FLAT_SLOPE)]
+    flat_slope: f64,
+    /// Shortest plateau, in batches.
+    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_MIN_PLATEAU_BATCHES)]
+    min_plateau_batches: u64,
+    /// A plateau takes a level's name within this distance in ln(loss).
+    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_LEVEL_TOLERANCE)]
+    level_tolerance: f64,
+    /// Loss below this is the "zero" level.
+    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_ZERO_FLOOR)]
+    zero_floor: f64,
+}
+
+impl RunArgs {
+    fn eval_options(&self) -> EvalOptions {
+        EvalOptions {
+            contexts: self.contexts,
+            eval_seed: self.eval_seed,
+            digits: self.digits.clone(),
+            selection: Selection {
+                every: self.every,
+                from: self.from,
+                to: self.to,
+            },
+            skip_damaged: self.skip_damaged,
+            key_threshold: self.key_threshold,
+            key_snapshot: self.key_snapshot,
+            progress: !self.quiet,
+        }
+    }
+}
+
+impl PhaseArgs {
+    fn phase_options(&self) -> PhaseOptions {
+        PhaseOptions {
+            smoothing_batches: self.smoothing_batches,
+            flat_slope: self.flat_slope,
+            min_plateau_batches: self.min_plateau_batches,
+            level_tolerance: self.level_tolerance,
+            zero_floor: self.zero_floor,
+            ..PhaseOptions::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    digitlab::allocator::keep_freed_buffers();
+    configure_threads();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Snapshots are replayed in parallel on rayon's pool (RAYON_NUM_THREADS, or every core);
+/// inside one snapshot candle runs on a single thread, so the cores are not oversubscribed.
+fn configure_threads() {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Ignore the error of a pool built already (only possible in tests).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    digitlab::threads::set_threads(1);
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let snapshot = |args: &RunArgs, analyses: &[SnapshotAnalysis]| -> Result<()> {
+        let run = Run::open(&args.path)?;
+        for line in run_snapshot_analyses(&run, analyses, &args.eval_options())? {
+            println!("{line}");
+        }
+        Ok(())
+    };
+    match cli.analysis {
+        Analysis::Loss(args) => snapshot(&args, &[SnapshotAnalysis::Loss]),
+        Analysis::NaiveLens(args) => snapshot(&args, &[SnapshotAnalysis::NaiveLens]),
+        Analysis::ExcludedLoss(args) => snapshot(&args, &[SnapshotAnalysis::ExcludedLoss]),
+        Analysis::Phases(args) => phases(&args),
+        Analysis::All(args) => {
+            snapshot(&args.run, &SnapshotAnalysis::ALL)?;
+            phases(&args)
+        }
+        Analysis::Summary(args) => {
+            let (path, skipped) = summarize(
+                &args.run.path,
+                &args.run.eval_options(),
+                &args.phase_options(),
+            )?;
+            for s in skipped {
+                println!("skipped {s}");
+            }
+            println!("summary -> {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn phases(args: &PhaseArgs) -> Result<()> {
+    let run = Run::open(&args.run.path)?;
+    let records = run_phases(&run, &args.run.eval_options(), &args.phase_options())
+        .with_context(|| format!("phases of {}", run.id))?;
+    for r in records {
+        let s = &r.summary;
+        let fmt = |b: Option<u64>| b.map_or("-".to_string(), |b| b.to_string());
+        println!(
+            "digit {} ({}): leaves ln10 at {}, final loss {:.3e} ({}){}",
+            r.digit,
+            r.source,
+            fmt(s.leaves_ln10_batch),
+            s.final_loss,
+            s.final_level,
+            if s.still_descending {
+                ", still descending"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("phases -> {}", run.dir.analysis_path("phases").display());
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! Runs the snapshot analyses of one run: builds the eval sets, finds the key frequencies,
+//! replays only the snapshots whose rows are not yet on disk (same eval options), and writes
+//! each table atomically with the old rows kept.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{bail, Result};
+use digitlab_snapshots::{read_parquet, write_parquet_atomic, FileEntry};
+use polars::prelude::{ChunkCompareEq, Column, DataFrame, SortMultipleOptions};
+
+use crate::activations::{digit_logits, mlp_post_at_prediction};
+use crate::digit_metrics::digit_metrics;
+use crate::eval_set::EvalSet;
+use crate::fourier::{key_frequencies, KeyFrequencies};
+use crate::measures::{excluded_loss_rows, loss_rows, naive_lens_rows, SnapshotAnalysis};
+use crate::replay::{replay, Run, Selection};
+use crate::table::MetricRows;
+
+/// Options shared by the snapshot analyses.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub contexts: usize,
+    pub eval_seed: u64,
+    /// Digits to analyse; empty means every trained digit.
+    pub digits: Vec<usize>,
+    pub selection: Selection,
+    pub skip_damaged: bool,
+    /// Fraction of a neuron's variance that makes its frequency key (spec section 5).
+    pub key_threshold: f64,
+    /// Snapshot batch at which the key frequencies are found; the last if None.
+    pub key_snapshot: Option<u64>,
+    pub progress: bool,
+}
+
+/// The digits to analyse, checked against what the run trained.
+pub fn digits_to_analyse(run: &Run, options: &EvalOptions) -> Result<Vec<usize>> {
+    let trained = &run.cfg.task.targets;
+    if options.digits.is_empty() {
+        return Ok(trained.clone());
+    }
+    if let Some(d) = options.digits.iter().find(|d| !trained.contains(d)) {
+        bail!(
+            "run {} did not train digit {d} (it trained {trained:?})",
+            run.id
+        );
+    }
+    Ok(options.digits.clone())
+}
+
+/// Computes `analyses` for `run` and writes them; returns one line per table for the user.
+pub fn run_snapshot_analyses(
+    run: &Run,
+    analyses: &[SnapshotAnalysis],
+    options: &EvalOptions,
+) -> Result<Vec<String>> {
+    if options.contexts == 0 {
+        bail!("--contexts must be at least 1");
+    }
+    let digits = digits_to_analyse(run, options)?;
+    let entries = run.select(&options.selection)?;
+    let sets: Vec<EvalSet> = digits
+        .iter()
+        .map(|&k| EvalSet::new(&run.cfg.task, k, options.contexts, options.eval_seed))
+        .collect();
+
+    let key = if analyses.contains(&SnapshotAnalysis::ExcludedLoss) {
+        Some(find_key_frequencies(run, &sets, options)?)
+    } else {
+        None
+    };
+    let key_label = key
+        .as_ref()
+        .map(|k| key_sets_label(&sets, &k.1))
+        .unwrap_or_default();
+
+    // What is already on disk with the same options.
+    let mut kept: HashMap<SnapshotAnalysis, (Option<DataFrame>, BTreeSet<u64>)> = HashMap::new();
+    for &a in analyses {
+        kept.insert(a, existing_rows(run, a, options, &key_label, &digits)?);
+    }
+    let todo: Vec<FileEntry> = entries
+        .iter()
+        .filter(|e| analyses.iter().any(|a| !kept[a].1.contains(&e.batch)))
+        .cloned()
+        .collect();
+
+    let n_out = run.cfg.model.d_vocab_out;
+    let new_rows = |a: SnapshotAnalysis| {
+        let mut rows = MetricRows::new(&a.keys(), options.contexts, options.eval_seed);
+        if a == SnapshotAnalysis::ExcludedLoss {
+            rows = rows.with_option("key_frequencies", &key_label);
+        }
+        rows
+    };
+    let replayed = replay(
+        run,
+        &todo,
+        options.skip_damaged,
+        options.progress,
+        |batch, model| {
+            let mut tables: Vec<MetricRows> = analyses.iter().map(|&a| new_rows(a)).collect();
+            for (i, set) in sets.iter().enumerate() {
+                let logits = digit_logits(&run.cfg, model, set)?;
+                let metrics = digit_metrics(&logits, n_out, &set.labels);
+                for (a, rows) in analyses.iter().zip(tables.iter_mut()) {
+                    if kept[a].1.contains(&batch) {
+                        continue;
+                    }
+                    match a {
+                        SnapshotAnalysis::Loss => {
+                            loss_rows(rows, &run.id, batch, set.digit, &metrics)
+                        }
+                        SnapshotAnalysis::NaiveLens => {
+                            naive_lens_rows(rows, &run.id, batch, set.digit, &metrics)
+                        }
+                        SnapshotAnalysis::ExcludedLoss if set.is_grid => {
+                            let key_set = &key.as_ref().expect("found above").1[i];
+                            let targets = set.targets();
+                            excluded_loss_rows(
+                                rows,
+                                &run.id,
+                                batch,
+                                set.digit,
+                                &logits,
+                                n_out,
+                                set.n_contexts,
+                                &targets,
+                                key_set,
+                            );
+                        }
+                        SnapshotAnalysis::ExcludedLoss => {}
+                    }
+                }
+            }
+            Ok(tables)
+        },
+    )?;
+
+    let mut report = Vec::new();
+    for (i, &a) in analyses.iter().enumerate() {
+        let mut rows = new_rows(a);
+        for (_, tables) in &replayed.results {
+            rows.append(tables[i].clone());
+        }
+        let (old, done) = kept.remove(&a).expect("filled above");
+        let computed = todo.iter().filter(|e| !done.contains(&e.batch)).count();
+        let mut df = rows.into_dataframe()?;
+        if let Some(old) = old {
+            df = old.vstack(&df)?;
+        }
+        df = df.sort(
+            ["batch", "digit"],
+            SortMultipleOptions::default().with_maintain_order(true),
+        )?;
+        let path = run.dir.analysis_path(a.file_name());
+        write_parquet_atomic(&path, &mut df)?;
+        report.push(format!(
+            "{}: {} snapshots computed, {} kept from the existing file -> {}",
+            a.file_name(),
+            computed - replayed.skipped.len().min(computed),
+            done.len(),
+            path.display()
+        ));
+    }
+    if let Some((df, _)) = key {
+        let path = run.dir.analysis_path("key_frequencies");
+        write_parquet_atomic(&path, &mut { df })?;
+        report.push(format!("key_frequencies -> {}", path.display()));
+    }
+    if !replayed.skipped.is_empty() {
+        report.push(format!(
+            "skipped as damaged: {}",
+            replayed.skipped.join(", ")
+        ));
+    }
+    Ok(report)
+}
+
+/// Rows of an existing table computed with the same options, and the batches they cover for
+/// every requested digit. A file with other options or another schema is recomputed.
+fn existing_rows(
+    run: &Run,
+    analysis: SnapshotAnalysis,
+    options: &EvalOptions,
+    key_label: &str,
+    digits: &[usize],
+) -> Result<(Option<DataFrame>, BTreeSet<u64>)> {
+    let path = run.dir.analysis_path(analysis.file_name());
+    if !path.exists() {
+        return Ok((None, BTreeSet::new()));
+    }
+    let Ok(df) = read_parquet(&path) else {
+        return Ok((None, BTreeSet::new()));
+    };
+    let same = (|| -> polars::prelude::PolarsResult<DataFrame> {
+        let mut mask = df.column("contexts")?.i64()?.equal(options.contexts as i64);
+        mask = &mask
+            & &df
+                .column("eval_seed")?
+                .i64()?
+                .equal(options.eval_seed as i64);
+        if analysis == SnapshotAnalysis::ExcludedLoss {
+            mask = &mask & &df.column("key_frequencies")?.str()?.equal(key_label);
+        }
+        df.filter(&mask)
+    })();
+    let Ok(same) = same else {
+        return Ok((None, BTreeSet::new()));
+    };
+    let batches = same.column("batch")?.i64()?;
+    let row_digits = same.column("digit")?.i64()?;
+    let mut per_digit: HashMap<i64, BTreeSet<u64>> = HashMap::new();
+    for (b, d) in batches.iter().zip(row_digits.iter()) {
+        if let (Some(b), Some(d)) = (b, d) {
+            per_digit.entry(d).or_default().insert(b as u64);
+        }
+    }
+    // A batch counts as done only if every requested digit has it (the final carry digit has
+    // no excluded-loss rows, so it does not count there).
+    let counted: Vec<i64> = digits
+        .iter()
+        .filter(|&&k| analysis != SnapshotAnalysis::ExcludedLoss || k < run.cfg.task.n_digits)
+        .map(|&k| k as i64)
+        .collect();
+    let done = match counted.split_first() {
+        None => BTreeSet::new(),
+        Some((first, rest)) => {
+            let mut done = per_digit.get(first).cloned().unwrap_or_default();
+            for d in rest {
+                let theirs = per_digit.get(d).cloned().unwrap_or_default();
+                done = done.intersection(&theirs).copied().collect();
+            }
+            done
+        }
+    };
+    // Keep only rows of done batches so a half-covered batch is not duplicated.
+    let keep = same
+        .column("batch")?
+        .i64()?
+        .iter()
+        .map(|b| b.is_some_and(|b| done.contains(&(b as u64))))
+        .collect();
+    let same = same.filter(&keep)?;
+    Ok((Some(same), done))
+}
+
+/// Finds the key frequencies of every grid digit at the chosen snapshot; returns the
+/// `key_frequencies` table and the key set per eval set (empty for the final carry digit).
+fn find_key_frequencies(
+    run: &Run,
+    sets: &[EvalSet],
+    options: &EvalOptions,
+) -> Result<(DataFrame, Vec<Vec<usize>>)> {
+    let all = &run.dir.manifest().snapshots;
+    let entry = match options.key_snapshot {
+        None => all.last(),
+        Some(b) => all.iter().find(|e| e.batch == b),
+    };
+    let Some(entry) = entry else {
+        bail!(
+            "--key-snapshot: run {} has no snapshot at batch {:?}",
+            run.id,
+            options.key_snapshot
+        );
+    };
+    let model = run.load_model(entry).map_err(|e| match e {
+        crate::replay::ReplayError::Damaged(m) => anyhow::anyhow!(m),
+        crate::replay::ReplayError::Other(e) => e,
+    })?;
+    let (mut run_col, mut digit, mut neuron, mut freq, mut fraction, mut is_key) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let mut key_sets = Vec::new();
+    for set in sets {
+        if !set.is_grid {
+            key_sets.push(Vec::new());
+            continue;
+        }
+        let acts = mlp_post_at_prediction(&run.cfg, &model, set)?;
+        let found: KeyFrequencies = key_frequencies(
+            &acts,
+            run.cfg.model.d_mlp,
+            set.n_contexts,
+            options.key_threshold,
+        );
+        for n in &found.neurons {
+            run_col.push(run.id.clone());
+            digit.push(set.digit as i64);
+            neuron.push(n.neuron as i64);
+            freq.push(n.frequency as i64);
+            fraction.push(n.fraction);
+            is_key.push(n.fraction >= found.threshold);
+        }
+        key_sets.push(found.key);
+    }
+    let height = run_col.len();
+    let df = DataFrame::new(
+        height,
+        vec![
+            Column::new("run".into(), run_col),
+            Column::new("digit".into(), digit),
+            Column::new("snapshot_batch".into(), vec![entry.batch as i64; height]),
+            Column::new("neuron".into(), neuron),
+            Column::new("frequency".into(), freq),
+            Column::new("fraction".into(), fraction),
+            Column::new("above_threshold".into(), is_key),
+            Column::new("threshold".into(), vec![options.key_threshold; height]),
+        ],
+    )?;
+    Ok((df, key_sets))
+}
+
+/// One text for all digits' key sets, e.g. `0:1,3;1:2`, stored with the excluded-loss rows.
+fn key_sets_label(sets: &[EvalSet], key_sets: &[Vec<usize>]) -> String {
+    sets.iter()
+        .zip(key_sets)
+        .filter(|(set, _)| set.is_grid)
+        .map(|(set, key)| {
+            let freqs: Vec<String> = key.iter().map(|f| f.to_string()).collect();
+            format!("{}:{}", set.digit, freqs.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
