@@ -25,6 +25,48 @@ pub struct TrainConfig {
     /// Optimizer checkpoints (weights and AdamW moments) at batch 0, every `checkpoint_every`
     /// batches and at the end.
     pub checkpoint_every: u64,
+    /// Test-only: scale one parameter group at one batch, to make a spike of known cause.
+    /// Part of the config so that replays reproduce it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perturbation: Option<Perturbation>,
+}
+
+/// Multiply a tensor (or one head of an attention matrix) by `factor` in the weights of batch
+/// `batch` (right after the optimizer step that produced them; `batch >= 1`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Perturbation {
+    pub batch: u64,
+    /// A TransformerLens parameter name, optionally with a head: `blocks.0.attn.W_Q[2]`.
+    pub group: String,
+    pub factor: f32,
+}
+
+impl Perturbation {
+    /// Parses `GROUP@BATCH*FACTOR`, e.g. `blocks.0.attn.W_Q[1]@500*3`.
+    pub fn parse(text: &str) -> Result<Perturbation> {
+        let parsed = (|| {
+            let (group, rest) = text.split_once('@')?;
+            let (batch, factor) = rest.split_once('*')?;
+            Some(Perturbation {
+                batch: batch.parse().ok()?,
+                group: group.to_string(),
+                factor: factor.parse().ok()?,
+            })
+        })();
+        parsed.ok_or_else(|| {
+            anyhow::anyhow!(
+                "--perturb takes GROUP@BATCH*FACTOR, e.g. blocks.0.attn.W_Q[1]@500*3; got `{text}`"
+            )
+        })
+    }
+
+    /// The tensor name and the head, if any.
+    pub fn tensor_and_head(&self) -> (&str, Option<usize>) {
+        match self.group.split_once('[') {
+            Some((name, head)) => (name, head.trim_end_matches(']').parse().ok()),
+            None => (&self.group, None),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -59,6 +101,7 @@ impl TrainConfig {
             seed: 0,
             snapshot_every: 50,
             checkpoint_every: 500,
+            perturbation: None,
         }
     }
 
@@ -105,6 +148,23 @@ impl TrainConfig {
         }
         if self.checkpoint_every == 0 {
             bail!("--checkpoint-every must be at least 1");
+        }
+        if let Some(p) = &self.perturbation {
+            let (name, head) = p.tensor_and_head();
+            if p.batch == 0 || p.batch > self.steps {
+                bail!("--perturb: the batch must be between 1 and --steps");
+            }
+            let Some(spec) = self
+                .model
+                .param_specs()
+                .into_iter()
+                .find(|s| s.name == name)
+            else {
+                bail!("--perturb: no parameter named {name}");
+            };
+            if head.is_some_and(|h| !name.contains(".attn.W_") || h >= self.model.n_heads) {
+                bail!("--perturb: {} has no head {:?}", spec.name, head);
+            }
         }
         Ok(())
     }

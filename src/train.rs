@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::TrainConfig;
+use crate::config::{Perturbation, TrainConfig};
 use crate::optim::AdamW;
 use crate::output_stats::{digit_losses, output_stats};
 use crate::step::loss_and_grads;
@@ -120,6 +120,11 @@ impl TrainState {
     /// Trains on batch `self.batch` and returns its log row. A non-finite loss leaves the
     /// weights untouched (the caller stops the run).
     pub fn step(&mut self, cfg: &TrainConfig) -> Result<LogRow> {
+        Ok(self.step_with_grads(cfg)?.0)
+    }
+
+    /// [`TrainState::step`], also returning the raw gradients of the trained tensors.
+    pub fn step_with_grads(&mut self, cfg: &TrainConfig) -> Result<(LogRow, Vec<Vec<f32>>)> {
         let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
         let result = loss_and_grads(cfg, &self.params, &batch)?;
         let n_out = cfg.model.d_vocab_out;
@@ -149,7 +154,7 @@ impl TrainState {
             saturated_fraction: stats.saturated_fraction,
         };
         if !result.loss.is_finite() {
-            return Ok(row);
+            return Ok((row, result.grads));
         }
         let specs = cfg.model.param_specs();
         let mut trained: Vec<&mut [f32]> = specs
@@ -163,7 +168,22 @@ impl TrainState {
             .adam
             .update(&cfg.optimizer, lr, &mut trained, &result.grads, scale);
         self.batch += 1;
-        Ok(row)
+        if let Some(p) = cfg.perturbation.as_ref().filter(|p| p.batch == self.batch) {
+            self.perturb(cfg, p);
+        }
+        Ok((row, result.grads))
+    }
+
+    /// Scales the perturbed group (a whole tensor, or head `h` of a `[head, …]` tensor), so
+    /// that the weights of batch `p.batch` (its snapshot and log row) carry the perturbation.
+    fn perturb(&mut self, cfg: &TrainConfig, p: &Perturbation) {
+        let (name, head) = p.tensor_and_head();
+        let n_heads = cfg.model.n_heads;
+        if let Some(t) = self.params.iter_mut().find(|t| t.name == name) {
+            let per_head = t.data.len() / n_heads;
+            let range = head.map_or(0..t.data.len(), |h| h * per_head..(h + 1) * per_head);
+            t.data[range].iter_mut().for_each(|x| *x *= p.factor);
+        }
     }
 }
 

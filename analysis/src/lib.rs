@@ -6,6 +6,7 @@
 //! functions of numbers; `replay` and `snapshot_analyses` connect them to runs.
 
 pub mod activations;
+pub mod attribution;
 pub mod digit_metrics;
 pub mod eval_set;
 pub mod fourier;
@@ -15,5 +16,6 @@ pub mod replay;
 pub mod run_phases;
 pub mod snapshot_analyses;
 pub mod spike_detection;
+pub mod spikes;
 pub mod summary;
 pub mod table;

@@ -160,6 +160,20 @@ fn a_long_spike_keeps_its_baseline() {
 }
 
 #[test]
+fn a_tail_above_half_the_threshold_is_part_of_the_spike() {
+    // Up by a factor 30 for 5 batches, then 0.4 in log10 above the trend for 30 batches: below
+    // the opening threshold but above the closing one, so the spike lasts until batch 8035.
+    let mut log10 = decay_log10(8);
+    for (k, x) in log10[8_000..8_035].iter_mut().enumerate() {
+        *x += if k < 5 { 1.5 } else { 0.4 };
+    }
+    let found = spikes(&all_batches(), &to_loss(&log10));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!((found[0].onset, found[0].end), (8_000, 8_035));
+    assert_eq!(found[0].outcome, SpikeOutcome::Recovered);
+}
+
+#[test]
 fn a_spike_that_dips_and_rises_again_is_one_spike() {
     let mut log10 = decay_log10(4);
     // A first jump for 2 batches, back for 2, then the big spike.

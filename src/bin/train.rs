@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use digitlab::config::TrainConfig;
+use digitlab::config::{Perturbation, TrainConfig};
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::default_threads;
 use digitlab::train::{train, TrainState};
@@ -89,6 +89,9 @@ struct Args {
     /// Threads for matrix products [default: 1 below d_model 256, else 2].
     #[arg(long)]
     threads: Option<usize>,
+    /// Test-only: scale a parameter group at a batch, GROUP@BATCH*FACTOR.
+    #[arg(long, hide = true)]
+    perturb: Option<String>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -170,6 +173,11 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
     cfg.seed = args.seed;
     cfg.snapshot_every = args.snapshot_every;
     cfg.checkpoint_every = args.checkpoint_every.unwrap_or(10 * args.snapshot_every);
+    cfg.perturbation = args
+        .perturb
+        .as_deref()
+        .map(Perturbation::parse)
+        .transpose()?;
     cfg.validate()?;
     let run_dir = args.run_dir.as_ref().context("no run directory given")?;
     let run = RunDir::create(run_dir, &serde_json::to_value(&cfg)?)?;

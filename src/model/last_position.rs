@@ -64,9 +64,14 @@ impl Transformer {
         let scores = (score_token.gather(&token_index, 2)? + score_pos)?;
         let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?; // [batch, head, pos]
 
-        // Attention mass per token id: [batch, head, vocab].
-        let token_weight = Tensor::zeros((batch, h, v), pattern.dtype(), pattern.device())?
-            .scatter_add(&token_index, &pattern, 2)?;
+        // Attention mass per token id: [batch, head, vocab] = pattern @ one-hot(tokens). Not
+        // `scatter_add`: candle's backward of it fails unless n_ctx equals d_vocab (n = 5).
+        let vocab = Tensor::arange(0u32, v as u32, tokens.device())?.reshape((1, 1, v))?;
+        let one_hot = tokens
+            .unsqueeze(2)?
+            .broadcast_eq(&vocab)?
+            .to_dtype(pattern.dtype())?;
+        let token_weight = pattern.matmul(&one_hot)?;
         // OV tables [head, rows, d_model]; b_V rides on the token table (token weights sum to 1).
         let ov = |x: Tensor, rows: usize| {
             x.reshape((rows, h, dh))?

@@ -11,6 +11,8 @@ use digitlab_analysis::phases::PhaseOptions;
 use digitlab_analysis::replay::{Run, Selection};
 use digitlab_analysis::run_phases::run_phases;
 use digitlab_analysis::snapshot_analyses::{run_snapshot_analyses, EvalOptions};
+use digitlab_analysis::spike_detection::SpikeOptions;
+use digitlab_analysis::spikes::{analyze_spikes, SpikeAnalysisOptions};
 use digitlab_analysis::summary::summarize;
 
 /// Replay the snapshots of a digitlab run into progress measures (Parquet, tidy long format).
@@ -38,6 +40,29 @@ enum Analysis {
     All(PhaseArgs),
     /// One table over every run in a folder: config and phase figures -> <folder>/summary.parquet
     Summary(PhaseArgs),
+    /// Loss spikes in the training log, replayed and attributed to parameter groups ->
+    /// spikes.parquet, spike_attribution.parquet, spike_steps.parquet
+    Spikes(SpikeArgs),
+}
+
+#[derive(Args)]
+struct SpikeArgs {
+    /// The run directory.
+    path: PathBuf,
+    /// Trailing window (batches) whose median log10(loss) is the baseline.
+    #[arg(long, default_value_t = digitlab_analysis::spike_detection::DEFAULT_SPIKE_WINDOW)]
+    window: usize,
+    /// A spike opens when log10(loss) exceeds the baseline by this (0.5 = a factor ~3).
+    #[arg(long, default_value_t = digitlab_analysis::spike_detection::DEFAULT_SPIKE_THRESHOLD)]
+    threshold: f64,
+    /// Contexts (x 100 examples) of the fixed eval batch the attribution measures.
+    #[arg(long, default_value_t = 10)]
+    contexts: usize,
+    #[arg(long, default_value_t = 1234)]
+    eval_seed: u64,
+    /// Attribute at most this many spikes, the largest first (0: detection only).
+    #[arg(long, default_value_t = 5)]
+    max_attributed: usize,
 }
 
 #[derive(Args)]
@@ -174,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
             snapshot(&args.run, &SnapshotAnalysis::ALL)?;
             phases(&args)
         }
+        Analysis::Spikes(args) => spikes(&args),
         Analysis::Summary(args) => {
             let (path, skipped) = summarize(
                 &args.run.path,
@@ -187,6 +213,24 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn spikes(args: &SpikeArgs) -> Result<()> {
+    let run = Run::open(&args.path)?;
+    let options = SpikeAnalysisOptions {
+        detection: SpikeOptions {
+            window: args.window,
+            threshold: args.threshold,
+            ..SpikeOptions::default()
+        },
+        contexts: args.contexts,
+        eval_seed: args.eval_seed,
+        max_attributed: args.max_attributed,
+    };
+    for line in analyze_spikes(&run, &options)? {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn phases(args: &PhaseArgs) -> Result<()> {
