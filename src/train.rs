@@ -154,6 +154,23 @@ impl TrainState {
             saturated_fraction: stats.saturated_fraction,
         };
         if !result.loss.is_finite() {
+            // No update; the row still needs one entry per trained tensor to be written.
+            let norm = |x: &[f32]| {
+                x.iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum::<f64>()
+                    .sqrt() as f32
+            };
+            let specs = cfg.model.param_specs();
+            let trained = specs.iter().zip(&self.params).filter(|(s, _)| s.trained);
+            row.tensors = trained
+                .zip(&result.grads)
+                .map(|((_, p), g)| digitlab_snapshots::TensorStats {
+                    grad_norm: norm(g),
+                    weight_norm: norm(&p.data),
+                    update_norm: 0.0,
+                })
+                .collect();
             return Ok((row, result.grads));
         }
         let specs = cfg.model.param_specs();

@@ -13,8 +13,17 @@ use std::time::{Duration, Instant};
 use digitlab::config::TrainConfig;
 use digitlab_snapshots::{LogRow, Manifest, RunDir};
 
-const SMALL: [&str; 9] =
-    ["--d-model", "16", "--n-heads", "2", "--snapshot-every", "20", "--checkpoint-every", "40", "-q"];
+const SMALL: [&str; 9] = [
+    "--d-model",
+    "16",
+    "--n-heads",
+    "2",
+    "--snapshot-every",
+    "20",
+    "--checkpoint-every",
+    "40",
+    "-q",
+];
 
 fn train() -> Command {
     Command::new(env!("CARGO_BIN_EXE_train"))
@@ -22,7 +31,8 @@ fn train() -> Command {
 
 /// A fresh scratch folder for one test (removed first if a previous run left it).
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("train-cli-{name}-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("train-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -34,13 +44,21 @@ fn run(args: &[&str]) -> Output {
 
 fn run_ok(args: &[&str]) -> Output {
     let out = run(args);
-    assert!(out.status.success(), "train {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "train {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn small(steps: u64, dir: &Path) -> Vec<String> {
     let mut args: Vec<String> = SMALL.iter().map(|s| s.to_string()).collect();
-    args.extend(["--steps".to_string(), steps.to_string(), dir.display().to_string()]);
+    args.extend([
+        "--steps".to_string(),
+        steps.to_string(),
+        dir.display().to_string(),
+    ]);
     args
 }
 
@@ -53,7 +71,12 @@ fn manifest(dir: &Path) -> Manifest {
 }
 
 fn log_rows(dir: &Path) -> Vec<LogRow> {
-    RunDir::open(dir).unwrap().read_train_log().unwrap().expect("train_log.parquet exists").rows
+    RunDir::open(dir)
+        .unwrap()
+        .read_train_log()
+        .unwrap()
+        .expect("train_log.parquet exists")
+        .rows
 }
 
 /// Every file under `dir` with its bytes.
@@ -66,7 +89,10 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
+                files.insert(
+                    path.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&path).unwrap(),
+                );
             }
         }
     }
@@ -78,11 +104,17 @@ fn assert_same_run(a: &Path, b: &Path) {
     let (ma, mb) = (manifest(a), manifest(b));
     assert_eq!(ma, mb, "manifests of {} and {}", a.display(), b.display());
     for entry in ma.snapshots.iter().chain(&ma.checkpoints) {
-        let (fa, fb) = (std::fs::read(a.join(&entry.file)).unwrap(), std::fs::read(b.join(&entry.file)).unwrap());
+        let (fa, fb) = (
+            std::fs::read(a.join(&entry.file)).unwrap(),
+            std::fs::read(b.join(&entry.file)).unwrap(),
+        );
         assert!(fa == fb, "{} differs", entry.file);
         assert_eq!(fa.len() as u64, entry.compressed_bytes);
     }
-    assert_eq!(std::fs::read(a.join("config.json")).unwrap(), std::fs::read(b.join("config.json")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("config.json")).unwrap(),
+        std::fs::read(b.join("config.json")).unwrap()
+    );
     assert_eq!(log_rows(a), log_rows(b), "training logs");
 }
 
@@ -95,23 +127,44 @@ fn same_seed_gives_byte_identical_runs() {
     assert_same_run(&a, &b);
 
     let m = manifest(&a);
-    let batches = |list: &[digitlab_snapshots::FileEntry]| list.iter().map(|e| e.batch).collect::<Vec<_>>();
-    assert_eq!(batches(&m.snapshots), (0..=200).step_by(20).collect::<Vec<u64>>());
-    assert_eq!(batches(&m.checkpoints), (0..=200).step_by(40).collect::<Vec<u64>>());
+    let batches =
+        |list: &[digitlab_snapshots::FileEntry]| list.iter().map(|e| e.batch).collect::<Vec<_>>();
+    assert_eq!(
+        batches(&m.snapshots),
+        (0..=200).step_by(20).collect::<Vec<u64>>()
+    );
+    assert_eq!(
+        batches(&m.checkpoints),
+        (0..=200).step_by(40).collect::<Vec<u64>>()
+    );
     // One log row per batch, in order.
-    assert_eq!(log_rows(&a).iter().map(|r| r.batch).collect::<Vec<_>>(), (0..200).collect::<Vec<u64>>());
+    assert_eq!(
+        log_rows(&a).iter().map(|r| r.batch).collect::<Vec<_>>(),
+        (0..200).collect::<Vec<u64>>()
+    );
 
     // Each snapshot reads back with its batch and the config hash in its metadata, and holds
     // the state dict of the config's model.
     let run = RunDir::open(&a).unwrap();
     let cfg: TrainConfig = serde_json::from_value(run.config().clone()).unwrap();
-    let mut names: Vec<String> = cfg.model.param_specs().into_iter().map(|s| s.name).collect();
+    let mut names: Vec<String> = cfg
+        .model
+        .param_specs()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     names.sort();
     for entry in &m.snapshots {
         let snap = run.read_snapshot(entry).unwrap();
         assert_eq!(snap.metadata["batch"], entry.batch.to_string());
         assert_eq!(snap.metadata["config_hash"], cfg.trajectory_hash());
-        assert_eq!(snap.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>(), names);
+        assert_eq!(
+            snap.tensors
+                .iter()
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>(),
+            names
+        );
     }
     // Training changed the weights, and another seed gives other bytes.
     let first = run.read_snapshot(&m.snapshots[0]).unwrap();
@@ -120,14 +173,22 @@ fn same_seed_gives_byte_identical_runs() {
     let mut other = small(200, &c);
     other.splice(0..0, ["--seed".to_string(), "1".to_string()]);
     run_ok(&strs(&other));
-    assert_ne!(manifest(&c).snapshots.last().unwrap().sha256, m.snapshots.last().unwrap().sha256);
+    assert_ne!(
+        manifest(&c).snapshots.last().unwrap().sha256,
+        m.snapshots.last().unwrap().sha256
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 
 /// Starts `train` and kills it (SIGKILL) once the manifest lists a checkpoint beyond `after`;
 /// returns that checkpoint's batch. Panics if the run finishes first.
 fn kill_after_checkpoint(args: &[String], dir: &Path, after: u64, steps: u64) -> u64 {
-    let mut child = train().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = train()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let reached = loop {
         // The manifest is replaced atomically: it is either absent, the old one or the new one.
@@ -138,16 +199,28 @@ fn kill_after_checkpoint(args: &[String], dir: &Path, after: u64, steps: u64) ->
         if let Some(b) = newest.filter(|&b| b > after) {
             break b;
         }
-        assert!(child.try_wait().unwrap().is_none(), "train exited before a checkpoint beyond {after}");
-        assert!(Instant::now() < deadline, "no checkpoint beyond {after} within 120 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "train exited before a checkpoint beyond {after}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint beyond {after} within 120 s"
+        );
         std::thread::sleep(Duration::from_millis(2));
     };
-    assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed; raise --steps");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be killed; raise --steps"
+    );
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed run reported success");
     let m = manifest(dir);
-    assert!(m.snapshots.last().unwrap().batch < steps, "the killed run had already finished");
+    assert!(
+        m.snapshots.last().unwrap().batch < steps,
+        "the killed run had already finished"
+    );
     reached
 }
 
@@ -155,11 +228,15 @@ fn kill_after_checkpoint(args: &[String], dir: &Path, after: u64, steps: u64) ->
 fn a_run_killed_twice_and_resumed_equals_an_uninterrupted_one() {
     let root = scratch("kill");
     let (reference, killed) = (root.join("reference"), root.join("killed"));
-    let steps = 3000;
+    let steps = 1500;
     run_ok(&strs(&small(steps, &reference)));
 
     let first = kill_after_checkpoint(&small(steps, &killed), &killed, 0, steps);
-    let resume = vec!["--resume".to_string(), killed.display().to_string(), "-q".to_string()];
+    let resume = vec![
+        "--resume".to_string(),
+        killed.display().to_string(),
+        "-q".to_string(),
+    ];
     let second = kill_after_checkpoint(&resume, &killed, first, steps);
     assert!(second > first);
     run_ok(&strs(&resume));
@@ -174,20 +251,41 @@ fn resume_with_more_steps_equals_training_that_far_directly() {
     let (extended, direct) = (root.join("extended"), root.join("direct"));
     run_ok(&strs(&small(100, &extended)));
     let before = manifest(&extended);
-    assert_eq!(before.checkpoints.last().unwrap().batch, 100, "a checkpoint at the end");
-    run_ok(&["--resume", extended.to_str().unwrap(), "--steps", "220", "-q"]);
+    assert_eq!(
+        before.checkpoints.last().unwrap().batch,
+        100,
+        "a checkpoint at the end"
+    );
+    run_ok(&[
+        "--resume",
+        extended.to_str().unwrap(),
+        "--steps",
+        "220",
+        "-q",
+    ]);
     run_ok(&strs(&small(220, &direct)));
 
     let (me, md) = (manifest(&extended), manifest(&direct));
     assert_eq!(me.snapshots, md.snapshots, "snapshots 0, 20, …, 220");
     for entry in &md.snapshots {
-        assert_eq!(std::fs::read(extended.join(&entry.file)).unwrap(), std::fs::read(direct.join(&entry.file)).unwrap());
+        assert_eq!(
+            std::fs::read(extended.join(&entry.file)).unwrap(),
+            std::fs::read(direct.join(&entry.file)).unwrap()
+        );
     }
     // The extended run also keeps its old end checkpoint (batch 100); the others are the same.
-    let extra: Vec<u64> = me.checkpoints.iter().filter(|e| !md.checkpoints.contains(e)).map(|e| e.batch).collect();
+    let extra: Vec<u64> = me
+        .checkpoints
+        .iter()
+        .filter(|e| !md.checkpoints.contains(e))
+        .map(|e| e.batch)
+        .collect();
     assert_eq!(extra, [100]);
     assert!(md.checkpoints.iter().all(|e| me.checkpoints.contains(e)));
-    assert_eq!(std::fs::read(extended.join("config.json")).unwrap(), std::fs::read(direct.join("config.json")).unwrap());
+    assert_eq!(
+        std::fs::read(extended.join("config.json")).unwrap(),
+        std::fs::read(direct.join("config.json")).unwrap()
+    );
     assert_eq!(log_rows(&extended), log_rows(&direct));
     assert_eq!(log_rows(&direct).len(), 220);
     std::fs::remove_dir_all(&root).unwrap();
@@ -200,7 +298,10 @@ fn assert_refused(args: &[&str], expected: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "train {args:?}: {stderr}");
     for e in expected {
-        assert!(stderr.contains(e), "train {args:?}: stderr does not mention `{e}`: {stderr}");
+        assert!(
+            stderr.contains(e),
+            "train {args:?}: stderr does not mention `{e}`: {stderr}"
+        );
     }
 }
 
@@ -208,7 +309,10 @@ fn assert_refused(args: &[&str], expected: &[&str]) {
 fn bad_options_exit_2_with_a_message_and_create_nothing() {
     let root = scratch("bad-options");
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--d-model", "10", "--n-heads", "3"], &["--d-model 10", "divisible", "--n-heads 3"]),
+        (
+            &["--d-model", "10", "--n-heads", "3"],
+            &["--d-model 10", "divisible", "--n-heads 3"],
+        ),
         (&["--digit", "7"], &["digit 7", "5-digit"]),
         (&["--n-digits", "3", "--digit", "4"], &["digit 4"]),
         (&["--snapshot-every", "0"], &["--snapshot-every"]),
@@ -216,8 +320,14 @@ fn bad_options_exit_2_with_a_message_and_create_nothing() {
         (&["--lr", "-1"], &["--lr", "-1"]),
         (&["--lr", "0"], &["--lr"]),
         (&["--weight-decay", "-0.5"], &["--weight-decay", "-0.5"]),
-        (&["--n-digits", "0"], &["--n-digits", "between 1 and 9", "0"]),
-        (&["--n-digits", "10"], &["--n-digits", "between 1 and 9", "10"]),
+        (
+            &["--n-digits", "0"],
+            &["--n-digits", "between 1 and 9", "0"],
+        ),
+        (
+            &["--n-digits", "10"],
+            &["--n-digits", "between 1 and 9", "10"],
+        ),
         (&["--checkpoint-every", "0"], &["--checkpoint-every"]),
         (&["--digits", "0,1"], &["--layout answer"]),
     ];
@@ -238,7 +348,10 @@ fn existing_directories_are_refused_and_left_alone() {
     let existing = root.join("run");
     run_ok(&strs(&small(40, &existing)));
     let before = tree(&existing);
-    assert_refused(&strs(&small(40, &existing)), &["already exists", "--resume"]);
+    assert_refused(
+        &strs(&small(40, &existing)),
+        &["already exists", "--resume"],
+    );
     assert_eq!(tree(&existing), before);
     // A folder with other things in it, without --resume.
     let notes = root.join("notes");
@@ -255,11 +368,17 @@ fn resume_of_something_that_is_not_a_run_is_refused() {
     let notes = root.join("notes");
     std::fs::create_dir_all(&notes).unwrap();
     std::fs::write(notes.join("notes.txt"), "mine").unwrap();
-    assert_refused(&["--resume", notes.to_str().unwrap(), "-q"], &["not a digitlab run directory", "config.json"]);
+    assert_refused(
+        &["--resume", notes.to_str().unwrap(), "-q"],
+        &["not a digitlab run directory", "config.json"],
+    );
     assert_eq!(tree(&notes).len(), 1);
 
     let missing = root.join("missing");
-    assert_refused(&["--resume", missing.to_str().unwrap(), "-q"], &["not a digitlab run directory"]);
+    assert_refused(
+        &["--resume", missing.to_str().unwrap(), "-q"],
+        &["not a digitlab run directory"],
+    );
     assert!(!missing.exists());
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -281,9 +400,16 @@ fn resume_of_a_damaged_run_names_the_damaged_file_and_changes_nothing() {
 
     // manifest.json that does not parse.
     let dir = copy("bad-manifest");
-    std::fs::write(dir.join("manifest.json"), b"{ \"format\": \"digitlab-run-v1\", \"snap").unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        b"{ \"format\": \"digitlab-run-v1\", \"snap",
+    )
+    .unwrap();
     let before = tree(&dir);
-    assert_refused(&["--resume", dir.to_str().unwrap(), "-q"], &["manifest.json", "damaged"]);
+    assert_refused(
+        &["--resume", dir.to_str().unwrap(), "-q"],
+        &["manifest.json", "damaged"],
+    );
     assert_eq!(tree(&dir), before);
 
     // The newest checkpoint with one byte changed, and truncated.
@@ -301,7 +427,10 @@ fn resume_of_a_damaged_run_names_the_damaged_file_and_changes_nothing() {
         }
         std::fs::write(&path, bytes).unwrap();
         let before = tree(&dir);
-        assert_refused(&["--resume", dir.to_str().unwrap(), "-q"], &["checkpoint-000100.safetensors.zst"]);
+        assert_refused(
+            &["--resume", dir.to_str().unwrap(), "-q"],
+            &["checkpoint-000100.safetensors.zst"],
+        );
         assert_eq!(tree(&dir), before, "{name}: the run was changed");
     }
     std::fs::remove_dir_all(&root).unwrap();
@@ -311,8 +440,61 @@ fn resume_of_a_damaged_run_names_the_damaged_file_and_changes_nothing() {
 fn the_parameter_count_is_printed() {
     let root = scratch("count");
     let dir = root.join("run");
-    let out = run_ok(&["--d-model", "2", "--n-heads", "2", "--steps", "2", "-q", dir.to_str().unwrap()]);
+    let out = run_ok(&[
+        "--d-model",
+        "2",
+        "--n-heads",
+        "2",
+        "--steps",
+        "2",
+        "-q",
+        dir.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("130 trained parameters"), "{stderr}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_batch_and_keeps_what_it_wrote() {
+    let root = scratch("diverging");
+    let dir = root.join("run");
+    // A learning rate this large blows the weights up within a few steps.
+    let out = run(&[
+        "--d-model",
+        "16",
+        "--n-heads",
+        "2",
+        "--steps",
+        "300",
+        "--lr",
+        "1e6",
+        "-q",
+        dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_ne!(out.status.code(), Some(2), "not a usage error: {stderr}");
+    let rows = log_rows(&dir);
+    let last = rows.last().expect("the log was written");
+    assert!(
+        !last.loss.is_finite(),
+        "the last logged loss is {}",
+        last.loss
+    );
+    assert!(rows[..rows.len() - 1].iter().all(|r| r.loss.is_finite()));
+    assert_eq!(
+        rows.iter().map(|r| r.batch).collect::<Vec<_>>(),
+        (0..rows.len() as u64).collect::<Vec<_>>()
+    );
+    assert!(
+        stderr.contains(&format!("at batch {}", last.batch)),
+        "{stderr}"
+    );
+    // The snapshot and checkpoint of batch 0 are still there and readable.
+    let run = RunDir::open(&dir).unwrap();
+    assert_eq!(run.manifest().snapshots[0].batch, 0);
+    run.read_snapshot(&run.manifest().snapshots[0]).unwrap();
+    run.read_checkpoint(&run.manifest().checkpoints[0]).unwrap();
     std::fs::remove_dir_all(&root).unwrap();
 }

@@ -785,7 +785,7 @@ fn expected_neuron_fractions(acts: &[Vec<f64>]) -> Vec<[f64; 5]> {
 /// Checks every value of `loss`, `naive_lens`, `excluded_loss` and `key_frequencies` of an
 /// analysed run against the independent computation, for every snapshot and digit.
 fn check_against_independent_computation(run: &Path) {
-    const TOL: f64 = 1e-4;
+    const TOL: f64 = 1e-5;
     let cfg = run_config(run);
     let n = cfg.task.n_digits;
     let dir = RunDir::open(run).unwrap();
@@ -995,16 +995,23 @@ fn hundreds_run_metrics_match_independent_f64_computation() {
     setup();
     let run = HUNDREDS_32_ANALYSED.path();
     check_against_independent_computation(run);
-    // All carry kinds are present, so their splits are real numbers.
+    // In the grid the carry into digit 2 is fixed by the context (a_1, b_1 do not vary), so
+    // with 10 contexts only some kinds occur; those that do have real numbers, the others NaN.
     let loss = values_by(
         &table(run, "loss"),
         &["batch", "digit", "carry_kind", "metric"],
     );
+    let mut present = 0;
     for kind in ["none", "direct", "cascade"] {
         let fraction = loss[&format!("0|2|{kind}|fraction")];
-        assert!(fraction > 0.0, "{kind}: fraction {fraction}");
-        assert!(loss[&format!("0|2|{kind}|loss")].is_finite());
+        assert_eq!(
+            fraction > 0.0,
+            loss[&format!("0|2|{kind}|loss")].is_finite(),
+            "{kind}"
+        );
+        present += usize::from(fraction > 0.0);
     }
+    assert!(present >= 2, "carry kinds present: {present}");
 }
 
 /// The answer layout with every digit trained: each digit read at its own position, the final
@@ -1070,6 +1077,13 @@ fn answer_layout_analyses_every_digit() {
     );
     let last = batches.iter().next_back().unwrap();
     assert!(loss[&format!("{last}|3|all|loss")] < 1.0);
+    // The final carry digit's eval set is random examples, where every carry kind occurs.
+    for kind in ["none", "direct", "cascade"] {
+        assert!(
+            loss[&format!("0|3|{kind}|fraction")] > 0.0,
+            "digit 3: no {kind} carry"
+        );
+    }
     check_against_independent_computation(run);
 }
 
@@ -1206,13 +1220,29 @@ fn phases_of_a_real_units_run() {
             final_level == "zero" || final_loss < 0.01,
             "{source}: final level {final_level}, final loss {final_loss}"
         );
-        if source == "eval" {
-            let last = curve.last().unwrap().1;
-            assert!(
-                (final_loss - last).abs() <= 1e-9,
-                "final_loss {final_loss} vs last eval loss {last}"
-            );
-        }
+        // final_loss is the smoothed loss at the last sample: it lies within the range of the
+        // curve over the last smoothing window (200 batches by default).
+        let window: Vec<f64> = if source == "eval" {
+            let end = curve.last().unwrap().0;
+            curve
+                .iter()
+                .filter(|c| c.0 + 200 >= end)
+                .map(|c| c.1)
+                .collect()
+        } else {
+            let end = log.rows.last().unwrap().batch;
+            log.rows
+                .iter()
+                .filter(|r| r.batch + 200 >= end)
+                .map(|r| f64::from(r.digit_loss[0]))
+                .collect()
+        };
+        let lo = window.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = window.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            lo * (1.0 - 1e-6) <= final_loss && final_loss <= hi * (1.0 + 1e-6),
+            "{source}: final_loss {final_loss} outside the last window's [{lo}, {hi}]"
+        );
     }
     let sources: BTreeSet<String> = (0..2).map(|r| cell(&phases, "source", r)).collect();
     assert_eq!(
@@ -1385,10 +1415,10 @@ fn bad_input_unknown_analysis() {
     let out = analyze(&["fourier-magic", s(&run)]);
     failed_with(&out, &["fourier-magic"]);
     no_analysis_written(&run);
-    assert!(
-        text(&out).contains("loss"),
-        "the message should list the analyses"
-    );
+    // A near miss gets a suggestion.
+    let out = analyze(&["naive-len", s(&run)]);
+    failed_with(&out, &["naive-len", "naive-lens"]);
+    no_analysis_written(&run);
 }
 
 /// `analyze summary` over a folder of two runs of different widths: one row per (run, digit,
