@@ -16,6 +16,14 @@ use digitlab_snapshots::NamedTensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// One thread for candle, as the `train` binary sets it (candle's spinning element-wise pool
+/// is many times slower on a busy 2-core machine). Every test calls this before any candle
+/// operation; `Once` makes the others wait, so no test reads the environment while it changes.
+fn one_thread() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| digitlab::threads::set_threads(1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configurations and parameters
 
@@ -420,6 +428,7 @@ fn reference_last_position_loss(logits: &Act, targets: &[u32]) -> f64 {
 
 #[test]
 fn parameter_names_and_shapes_follow_the_spec() {
+    one_thread();
     let configs = [
         model_config(&task(5, Layout::Prompt), 1, 128, 4, 512),
         model_config(&task(5, Layout::Prompt), 2, 16, 2, 64),
@@ -478,6 +487,7 @@ fn parameter_names_and_shapes_follow_the_spec() {
 
 #[test]
 fn d_model_2_with_2_heads_has_130_trained_parameters() {
+    one_thread();
     let cfg = model_config(&task(5, Layout::Prompt), 1, 2, 2, 8);
     // W_E 12x2, W_pos 12x2, W_Q/W_K/W_V 2x2x1 each, W_O 2x1x2, W_in 2x8, b_in 8, W_out 8x2,
     // b_out 2, W_U 2x12.
@@ -488,6 +498,7 @@ fn d_model_2_with_2_heads_has_130_trained_parameters() {
 
 #[test]
 fn initial_weights_are_normal_with_the_spec_scales_and_biases_are_zero() {
+    one_thread();
     let cfg = model_config(&task(5, Layout::Prompt), 1, 128, 4, 512);
     let params = cfg.init_params(0);
     for p in &params {
@@ -600,6 +611,7 @@ fn check_forward_against_reference(cfg: &ModelConfig, task: &TaskConfig, batch: 
 
 #[test]
 fn forward_matches_f64_reference_one_layer() {
+    one_thread();
     check_forward_against_reference(
         &model_config(&task(5, Layout::Prompt), 1, 16, 2, 64),
         &task(5, Layout::Prompt),
@@ -622,6 +634,7 @@ fn forward_matches_f64_reference_one_layer() {
 
 #[test]
 fn forward_matches_f64_reference_two_layers() {
+    one_thread();
     check_forward_against_reference(
         &model_config(&task(5, Layout::Prompt), 2, 16, 4, 48),
         &task(5, Layout::Prompt),
@@ -638,6 +651,7 @@ fn forward_matches_f64_reference_two_layers() {
 
 #[test]
 fn params_in_any_order_give_the_same_model() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     let cfg = model_config(&t, 1, 8, 2, 32);
     let params = perturbed_params(&cfg, 9);
@@ -713,6 +727,7 @@ fn targets_of(task: &TaskConfig, seed: u64, batch: usize) -> Vec<u32> {
 
 #[test]
 fn general_path_gradients_match_finite_differences_of_the_f64_model() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     for n_layers in [1, 2] {
         let cfg = model_config(&t, n_layers, 8, 2, 16);
@@ -799,6 +814,7 @@ fn check_fast_path(cfg: &ModelConfig, task: &TaskConfig, batch: usize, seed: u64
 
 #[test]
 fn fast_path_matches_general_path_logits_and_gradients() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     check_fast_path(&model_config(&t, 1, 16, 2, 64), &t, 32, 31);
     check_fast_path(&model_config(&t, 1, 32, 4, 128), &t, 32, 32);
@@ -821,6 +837,7 @@ fn fast_path_matches_general_path_logits_and_gradients() {
 
 #[test]
 fn fast_path_refuses_two_layers() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     let cfg = model_config(&t, 2, 8, 2, 16);
     let model = Transformer::from_params(&cfg, &cfg.init_params(0), &Device::Cpu).unwrap();
@@ -833,6 +850,7 @@ fn fast_path_refuses_two_layers() {
 
 #[test]
 fn cached_attention_pattern_is_causal_and_normalised() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     for n_layers in [1, 2] {
         let cfg = model_config(&t, n_layers, 16, 4, 32);
@@ -865,6 +883,7 @@ fn cached_attention_pattern_is_causal_and_normalised() {
 
 #[test]
 fn zero_ablating_the_attention_output_equals_zeroing_w_o_and_b_o() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     let cfg = model_config(&t, 1, 16, 2, 64);
     let params = perturbed_params(&cfg, 51);
@@ -910,6 +929,7 @@ fn zero_ablating_the_attention_output_equals_zeroing_w_o_and_b_o() {
 
 #[test]
 fn mean_ablating_mlp_post_makes_it_identical_across_the_batch() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     let cfg = model_config(&t, 2, 16, 2, 32);
     let params = perturbed_params(&cfg, 61);
@@ -971,6 +991,7 @@ fn mean_ablating_mlp_post_makes_it_identical_across_the_batch() {
 
 #[test]
 fn replacing_an_activation_with_a_given_tensor() {
+    one_thread();
     let t = task(5, Layout::Prompt);
     let cfg = model_config(&t, 1, 8, 2, 32);
     let params = perturbed_params(&cfg, 71);
@@ -1005,6 +1026,7 @@ fn replacing_an_activation_with_a_given_tensor() {
 
 #[test]
 fn a_head_activation_can_be_ablated_in_transformer_lens_layout() {
+    one_thread();
     // hook_z is [batch, pos, head, d_head]; zeroing it leaves only b_O as attention output.
     let t = task(5, Layout::Prompt);
     let cfg = model_config(&t, 1, 8, 2, 32);

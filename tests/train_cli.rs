@@ -239,6 +239,7 @@ fn a_run_killed_twice_and_resumed_equals_an_uninterrupted_one() {
     ];
     let second = kill_after_checkpoint(&resume, &killed, first, steps);
     assert!(second > first);
+    eprintln!("killed after checkpoints {first} and {second} of {steps}");
     run_ok(&strs(&resume));
     assert_same_run(&reference, &killed);
     assert_eq!(log_rows(&killed).len() as u64, steps);
@@ -359,6 +360,13 @@ fn existing_directories_are_refused_and_left_alone() {
     std::fs::write(notes.join("notes.txt"), "mine").unwrap();
     assert_refused(&strs(&small(40, &notes)), &["already exists"]);
     assert_eq!(tree(&notes).len(), 1);
+    // --resume with options that would change the run's config.
+    let dir = existing.to_str().unwrap();
+    assert_refused(
+        &["--resume", dir, "--lr", "0.5", "-q"],
+        &["--lr", "only --steps"],
+    );
+    assert_eq!(tree(&existing), before);
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -14,6 +14,14 @@ use digitlab::task::{training_batch, Layout, TaskConfig};
 use digitlab::train::TrainState;
 use digitlab_snapshots::RunDir;
 
+/// One thread for candle, as the `train` binary sets it (candle's spinning element-wise pool
+/// is many times slower on a busy 2-core machine). Every test calls this before any candle
+/// operation; `Once` makes the others wait, so no test reads the environment while it changes.
+fn one_thread() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| digitlab::threads::set_threads(1));
+}
+
 fn config(task: TaskConfig, d_model: usize, n_heads: usize, batch_size: usize) -> TrainConfig {
     let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
     cfg.batch_size = batch_size;
@@ -56,6 +64,7 @@ fn bits(state: &TrainState) -> Vec<Vec<u32>> {
 
 #[test]
 fn units_digit_at_the_defaults_trains_below_0_01_within_1000_steps() {
+    one_thread();
     let cfg = TrainConfig::default_for(units_digit(), 128, 4);
     assert_eq!(
         (
@@ -124,7 +133,10 @@ fn check_round_trip(cfg: &TrainConfig, name: &str) {
     let mut run = RunDir::create(&dir, &serde_json::to_value(cfg).unwrap()).unwrap();
     let entry = run.write_checkpoint(&checkpoint).unwrap();
     let reopened = RunDir::open(&dir).unwrap();
-    assert_eq!(reopened.manifest().checkpoints, [entry.clone()]);
+    assert_eq!(
+        reopened.manifest().checkpoints,
+        std::slice::from_ref(&entry)
+    );
     let from_file =
         TrainState::from_checkpoint(cfg, reopened.read_checkpoint(&entry).unwrap()).unwrap();
     assert_eq!(bits(&from_file), bits(&original));
@@ -157,6 +169,7 @@ fn check_round_trip(cfg: &TrainConfig, name: &str) {
 
 #[test]
 fn checkpoint_round_trip_continues_bit_for_bit() {
+    one_thread();
     check_round_trip(&config(units_digit(), 16, 2, 32), "prompt");
     // The general path too: two layers, answer layout, several digits.
     let answer = TaskConfig {
@@ -172,6 +185,7 @@ fn checkpoint_round_trip_continues_bit_for_bit() {
 
 #[test]
 fn a_checkpoint_of_another_model_is_refused() {
+    one_thread();
     let cfg = config(units_digit(), 16, 2, 8);
     let other = config(units_digit(), 8, 2, 8);
     let checkpoint = TrainState::new(&other).to_checkpoint(&other);
@@ -183,6 +197,7 @@ fn a_checkpoint_of_another_model_is_refused() {
 
 #[test]
 fn every_n_and_both_layouts_train() {
+    one_thread();
     for n in 1..=9 {
         for (layout, targets, n_layers) in [
             (Layout::Prompt, vec![0], 1),
@@ -235,6 +250,7 @@ fn close(a: f32, b: f64, rel: f64, what: &str) {
 
 #[test]
 fn log_row_agrees_with_an_independent_computation() {
+    one_thread();
     let task = TaskConfig {
         n_digits: 4,
         layout: Layout::Answer,

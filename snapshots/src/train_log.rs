@@ -35,7 +35,7 @@ const TENSOR_STATS: [Field<TensorStats>; 3] = [
 pub struct TensorStats {
     /// L2 norm of the gradient.
     pub grad_norm: f32,
-    /// L2 norm of the weights before the update.
+    /// L2 norm of the weights after the update.
     pub weight_norm: f32,
     /// L2 norm of the update applied by the optimizer.
     pub update_norm: f32,

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use digitlab::config::{Perturbation, TrainConfig};
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::default_threads;
@@ -101,8 +102,13 @@ struct Args {
 struct UsageError(anyhow::Error);
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     digitlab::allocator::keep_freed_buffers();
+    if let Err(e) = check_resume_options(&matches) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match run(args) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(UsageError(e))) => {
@@ -242,6 +248,32 @@ fn prepare_resume(dir: &std::path::Path, steps: Option<u64>) -> Result<Prepared>
     run.truncate_after(state.batch)?;
     run.set_config(&serde_json::to_value(&cfg)?)?;
     Ok((cfg, run, state, log))
+}
+
+/// `--resume` continues a run with its own config: only the step count, the threads and the
+/// progress bar may be given with it.
+fn check_resume_options(matches: &ArgMatches) -> Result<()> {
+    if matches.value_source("resume") != Some(ValueSource::CommandLine) {
+        return Ok(());
+    }
+    let allowed = ["resume", "steps", "threads", "quiet"];
+    let command = Args::command();
+    let given: Vec<String> = command
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str())
+        .filter(|id| {
+            !allowed.contains(id) && matches.value_source(id) == Some(ValueSource::CommandLine)
+        })
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if !given.is_empty() {
+        bail!(
+            "--resume continues the run with the config it was trained with; only --steps, \
+             --threads and --quiet may be given (got {})",
+            given.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// `all`, or a comma-separated list of digit indices.

@@ -64,14 +64,16 @@ impl Transformer {
         let scores = (score_token.gather(&token_index, 2)? + score_pos)?;
         let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?; // [batch, head, pos]
 
-        // Attention mass per token id: [batch, head, vocab] = pattern @ one-hot(tokens). Not
-        // `scatter_add`: candle's backward of it fails unless n_ctx equals d_vocab (n = 5).
-        let vocab = Tensor::arange(0u32, v as u32, tokens.device())?.reshape((1, 1, v))?;
-        let one_hot = tokens
-            .unsqueeze(2)?
-            .broadcast_eq(&vocab)?
-            .to_dtype(pattern.dtype())?;
-        let token_weight = pattern.matmul(&one_hot)?;
+        // Attention mass per token id: [batch, head, vocab], summed into a flat vector at
+        // (example * heads + head) * vocab + token. Not `scatter_add` on [batch, head, vocab]:
+        // candle's backward of it fails unless n_ctx equals d_vocab (n = 5 in the prompt layout);
+        // a one-hot batched matmul works but costs up to half a step at d_model 16.
+        let offsets = Tensor::arange_step(0u32, (batch * h * v) as u32, v as u32, tokens.device())?
+            .reshape((batch, h, 1))?;
+        let flat_index = token_index.broadcast_add(&offsets)?.flatten_all()?;
+        let token_weight = Tensor::zeros(batch * h * v, pattern.dtype(), pattern.device())?
+            .index_add(&flat_index, &pattern.flatten_all()?, 0)?
+            .reshape((batch, h, v))?;
         // OV tables [head, rows, d_model]; b_V rides on the token table (token weights sum to 1).
         let ov = |x: Tensor, rows: usize| {
             x.reshape((rows, h, dh))?
