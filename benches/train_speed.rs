@@ -10,8 +10,7 @@ use std::time::Instant;
 use digitlab::config::TrainConfig;
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::set_threads;
-use digitlab::train::{train, TrainState};
-use digitlab_snapshots::{RunDir, TrainLog};
+use digitlab::train::{new_run, train, TrainState};
 
 const CONFIGS: [(usize, usize, u64); 3] = [(128, 4, 300), (512, 1, 60), (16, 1, 2000)];
 
@@ -53,20 +52,9 @@ fn train_seconds(cfg: &TrainConfig, snapshot_every: u64) -> f64 {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let run = RunDir::create(&dir, &serde_json::to_value(&cfg).unwrap()).unwrap();
-    let log = TrainLog {
-        digits: cfg.task.targets.clone(),
-        tensor_names: cfg
-            .model
-            .param_specs()
-            .into_iter()
-            .filter(|s| s.trained)
-            .map(|s| s.name)
-            .collect(),
-        rows: Vec::new(),
-    };
+    let (run, state, log) = new_run(&cfg, &dir).unwrap();
     let start = Instant::now();
-    train(&cfg, run, TrainState::new(&cfg), log, false).unwrap();
+    train(&cfg, run, state, log, false).unwrap();
     let seconds = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     seconds

@@ -23,12 +23,7 @@ pub fn output_stats(logits: &[f32], n_out: usize, targets: &[u32]) -> OutputStat
         if (row[target as usize] - m).exp() / denom == 1.0 {
             saturated += 1;
         }
-        let lse = f64::from(m)
-            + row
-                .iter()
-                .map(|&x| (f64::from(x) - f64::from(m)).exp())
-                .sum::<f64>()
-                .ln();
+        let lse = logsumexp(row);
         sum += lse;
         max = max.max(lse);
     }
@@ -44,15 +39,18 @@ pub fn output_stats(logits: &[f32], n_out: usize, targets: &[u32]) -> OutputStat
 pub fn digit_losses(logits: &[f32], n_out: usize, targets: &[u32], n_digits: usize) -> Vec<f32> {
     let mut totals = vec![0f64; n_digits];
     for (i, (row, &target)) in logits.chunks_exact(n_out).zip(targets).enumerate() {
-        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let lse = f64::from(m)
-            + row
-                .iter()
-                .map(|&x| (f64::from(x) - f64::from(m)).exp())
-                .sum::<f64>()
-                .ln();
-        totals[i % n_digits] += lse - f64::from(row[target as usize]);
+        totals[i % n_digits] += logsumexp(row) - f64::from(row[target as usize]);
     }
     let per_digit = (targets.len() / n_digits).max(1) as f64;
     totals.into_iter().map(|t| (t / per_digit) as f32).collect()
+}
+
+/// `ln sum exp(row)` in f64, shifted by the maximum so it cannot overflow.
+fn logsumexp(row: &[f32]) -> f64 {
+    let m = f64::from(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    m + row
+        .iter()
+        .map(|&x| (f64::from(x) - m).exp())
+        .sum::<f64>()
+        .ln()
 }

@@ -204,6 +204,25 @@ impl TrainState {
     }
 }
 
+/// A new run directory at `dir` for `cfg` (validated first, so nothing is written for a bad
+/// config), with the initial state and an empty log: the arguments [`train`] starts from.
+pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, TrainState, TrainLog)> {
+    cfg.validate()?;
+    let run = RunDir::create(dir, &serde_json::to_value(cfg)?)?;
+    let log = TrainLog {
+        digits: cfg.task.targets.clone(),
+        tensor_names: cfg
+            .model
+            .param_specs()
+            .into_iter()
+            .filter(|s| s.trained)
+            .map(|s| s.name)
+            .collect(),
+        rows: Vec::new(),
+    };
+    Ok((run, TrainState::new(cfg), log))
+}
+
 /// Trains from `state` to `cfg.steps`, writing snapshots, checkpoints and the log into `run`.
 /// `log` holds the rows before `state.batch` (empty for a new run).
 pub fn train(
@@ -234,14 +253,14 @@ pub fn train(
     loop {
         let b = state.batch;
         let last = b == cfg.steps;
-        if b % cfg.snapshot_every == 0 || last {
+        if b.is_multiple_of(cfg.snapshot_every) || last {
             writer.send(WriteJob::Log(log.clone()))?;
             writer.send(WriteJob::Snapshot {
                 batch: b,
                 tensors: state.params.clone(),
             })?;
         }
-        if b % cfg.checkpoint_every == 0 || last {
+        if b.is_multiple_of(cfg.checkpoint_every) || last {
             writer.send(WriteJob::Checkpoint(state.to_checkpoint(cfg)))?;
         }
         if last {
@@ -260,7 +279,7 @@ pub fn train(
                  smaller --lr, --warmup or --grad-clip."
             );
         }
-        if b % 10 == 0 {
+        if b.is_multiple_of(10) {
             bar.set_message(format!("{loss:.4}"));
         }
         bar.inc(1);

@@ -196,8 +196,7 @@ fn attribute(
         .manifest()
         .checkpoints
         .iter()
-        .filter(|c| c.batch <= pre)
-        .next_back()
+        .rfind(|c| c.batch <= pre)
         .cloned()
     else {
         bail!(

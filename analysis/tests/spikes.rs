@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use digitlab::config::{Perturbation, TrainConfig};
 use digitlab::task::{Layout, TaskConfig};
-use digitlab::train::{train, TrainState};
+use digitlab::train::{new_run, train, TrainState};
 use digitlab_analysis::attribution::{
     allocate_step, parameter_groups, EvalLoss, LCA_FLOOR, LCA_TOLERANCE,
 };
@@ -15,7 +15,7 @@ use digitlab_analysis::eval_set::EvalSet;
 use digitlab_analysis::replay::Run;
 use digitlab_analysis::spike_detection::SpikeOptions;
 use digitlab_analysis::spikes::{analyze_spikes, SpikeAnalysisOptions};
-use digitlab_snapshots::{read_parquet, RunDir, TrainLog};
+use digitlab_snapshots::{read_parquet, RunDir};
 
 fn config(steps: u64, perturbation: Option<Perturbation>) -> TrainConfig {
     let task = TaskConfig {
@@ -34,19 +34,8 @@ fn make_run(name: &str, cfg: &TrainConfig) -> PathBuf {
     digitlab::threads::set_threads(1);
     let dir = std::env::temp_dir().join(format!("digitlab-spikes-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let run = RunDir::create(&dir, &serde_json::to_value(cfg).unwrap()).unwrap();
-    let log = TrainLog {
-        digits: cfg.task.targets.clone(),
-        tensor_names: cfg
-            .model
-            .param_specs()
-            .into_iter()
-            .filter(|s| s.trained)
-            .map(|s| s.name)
-            .collect(),
-        rows: Vec::new(),
-    };
-    train(cfg, run, TrainState::new(cfg), log, false).unwrap();
+    let (run, state, log) = new_run(cfg, &dir).unwrap();
+    train(cfg, run, state, log, false).unwrap();
     dir
 }
 

@@ -10,7 +10,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use digitlab::config::{Perturbation, TrainConfig};
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::default_threads;
-use digitlab::train::{train, TrainState};
+use digitlab::train::{new_run, train, TrainState};
 use digitlab_snapshots::{RunDir, TrainLog};
 
 /// Train a 1-layer transformer on n-digit addition, writing weight snapshots (zstd-compressed
@@ -184,15 +184,8 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
         .as_deref()
         .map(Perturbation::parse)
         .transpose()?;
-    cfg.validate()?;
     let run_dir = args.run_dir.as_ref().context("no run directory given")?;
-    let run = RunDir::create(run_dir, &serde_json::to_value(&cfg)?)?;
-    let state = TrainState::new(&cfg);
-    let log = TrainLog {
-        digits: cfg.task.targets.clone(),
-        tensor_names: trained_names(&cfg),
-        rows: Vec::new(),
-    };
+    let (run, state, log) = new_run(&cfg, run_dir)?;
     Ok((cfg, run, state, log))
 }
 
@@ -292,13 +285,4 @@ fn parse_digits(list: &str, n: usize) -> Result<Vec<usize>> {
     digits.sort_unstable();
     digits.dedup();
     Ok(digits)
-}
-
-fn trained_names(cfg: &TrainConfig) -> Vec<String> {
-    cfg.model
-        .param_specs()
-        .into_iter()
-        .filter(|s| s.trained)
-        .map(|s| s.name)
-        .collect()
 }

@@ -43,7 +43,7 @@ impl ModelConfig {
         if self.d_model == 0 || self.n_heads == 0 || self.d_mlp == 0 {
             bail!("--d-model, --n-heads and --d-mlp must be at least 1");
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             bail!(
                 "--d-model {} is not divisible by --n-heads {}: each head needs d_model / n_heads \
                  dimensions",
