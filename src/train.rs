@@ -11,7 +11,7 @@ use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{Perturbation, TrainConfig};
-use crate::optim::AdamW;
+use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::{digit_losses, output_stats};
 use crate::step::loss_and_grads;
 use crate::task::training_batch;
@@ -132,8 +132,7 @@ impl TrainState {
         let grad_norm = result
             .grads
             .iter()
-            .flatten()
-            .map(|&g| f64::from(g) * f64::from(g))
+            .map(|g| sum_of_squares(g))
             .sum::<f64>()
             .sqrt();
         let lr = cfg.optimizer.lr_at(self.batch);
@@ -155,12 +154,7 @@ impl TrainState {
         };
         if !result.loss.is_finite() {
             // No update; the row still needs one entry per trained tensor to be written.
-            let norm = |x: &[f32]| {
-                x.iter()
-                    .map(|&v| f64::from(v) * f64::from(v))
-                    .sum::<f64>()
-                    .sqrt() as f32
-            };
+            let norm = |x: &[f32]| sum_of_squares(x).sqrt() as f32;
             let specs = cfg.model.param_specs();
             let trained = specs.iter().zip(&self.params).filter(|(s, _)| s.trained);
             row.tensors = trained
