@@ -113,8 +113,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Wall seconds and peak resident memory (MiB) of `analyze all` on `run`, from scratch.
-fn analyze_all(run: &Path, threads: usize) -> (f64, f64) {
+/// Wall seconds, peak resident memory (MiB) and CPU seconds of `analyze all` on `run`, from
+/// scratch.
+#[allow(clippy::zombie_processes)] // reaped by `wait4`, which also gives its peak memory
+fn analyze_all(run: &Path, threads: usize) -> (f64, f64, f64) {
     let _ = std::fs::remove_dir_all(run.join("analysis"));
     let start = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_analyze"))
@@ -125,7 +127,7 @@ fn analyze_all(run: &Path, threads: usize) -> (f64, f64) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("analyze starts");
-    let (status, max_rss_kib) = wait4(child.id());
+    let (status, max_rss_kib, cpu) = wait4(child.id());
     let seconds = start.elapsed().as_secs_f64();
     if status != 0 {
         let mut stderr = String::new();
@@ -133,17 +135,23 @@ fn analyze_all(run: &Path, threads: usize) -> (f64, f64) {
         child.stderr.unwrap().read_to_string(&mut stderr).unwrap();
         panic!("analyze failed (wait status {status}): {stderr}");
     }
-    (seconds, max_rss_kib as f64 / 1024.0)
+    (seconds, max_rss_kib as f64 / 1024.0, cpu)
 }
 
-/// Reaps the child `pid`: its wait status and peak resident set size in KiB.
-fn wait4(pid: u32) -> (i32, i64) {
+/// Reaps the child `pid`: its wait status, peak resident set size in KiB and CPU seconds
+/// (user + system).
+fn wait4(pid: u32) -> (i32, i64, f64) {
     let mut status = 0;
     // SAFETY: rusage is plain data, zero-initialised and filled by the kernel.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
     assert_eq!(reaped, pid as libc::pid_t, "wait4 failed");
-    (status, usage.ru_maxrss)
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    (
+        status,
+        usage.ru_maxrss,
+        seconds(usage.ru_utime) + seconds(usage.ru_stime),
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -180,12 +188,13 @@ fn main() {
     );
     let mut medians = Vec::new();
     for threads in [1, 2] {
-        let runs: Vec<(f64, f64)> = (0..reps).map(|_| analyze_all(&long, threads)).collect();
+        let runs: Vec<(f64, f64, f64)> = (0..reps).map(|_| analyze_all(&long, threads)).collect();
         let seconds: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let peak = runs.iter().map(|r| r.1).fold(0.0, f64::max);
+        let cpu = median(runs.iter().map(|r| r.2).collect());
         let m = median(seconds.clone());
         println!(
-            "analyze_speed snapshots=101 RAYON_NUM_THREADS={threads}: median {m:.2} s (runs: {}), peak RSS {peak:.0} MiB",
+            "analyze_speed snapshots=101 RAYON_NUM_THREADS={threads}: median {m:.2} s wall (runs: {}), {cpu:.2} CPU s, peak RSS {peak:.0} MiB",
             seconds
                 .iter()
                 .map(|s| format!("{s:.2}"))

@@ -233,12 +233,18 @@ fn existing_rows(
             done
         }
     };
-    // Keep only rows of done batches so a half-covered batch is not duplicated.
+    // Keep the rows of done batches, and every row of a digit not requested now (nothing
+    // recomputes those); drop the rest so a half-covered batch is not duplicated.
+    let requested: BTreeSet<i64> = digits.iter().map(|&k| k as i64).collect();
     let keep = same
         .column("batch")?
         .i64()?
         .iter()
-        .map(|b| b.is_some_and(|b| done.contains(&(b as u64))))
+        .zip(same.column("digit")?.i64()?.iter())
+        .map(|(b, d)| match (b, d) {
+            (Some(b), Some(d)) => done.contains(&(b as u64)) || !requested.contains(&d),
+            _ => false,
+        })
         .collect();
     let same = same.filter(&keep)?;
     Ok((Some(same), done))
@@ -252,21 +258,39 @@ fn find_key_frequencies(
     options: &EvalOptions,
 ) -> Result<(DataFrame, Vec<Vec<usize>>)> {
     let all = &run.dir.manifest().snapshots;
-    let entry = match options.key_snapshot {
-        None => all.last(),
-        Some(b) => all.iter().find(|e| e.batch == b),
+    // The snapshot asked for, by default the last; with --skip-damaged and no --key-snapshot,
+    // the newest one that reads.
+    let candidates: Vec<&FileEntry> = match options.key_snapshot {
+        None if options.skip_damaged => all.iter().rev().collect(),
+        None => all.last().into_iter().collect(),
+        Some(b) => all.iter().filter(|e| e.batch == b).collect(),
     };
-    let Some(entry) = entry else {
+    if candidates.is_empty() {
         bail!(
             "--key-snapshot: run {} has no snapshot at batch {:?}",
             run.id,
             options.key_snapshot
         );
+    }
+    let mut damaged = None;
+    let mut found = None;
+    for entry in candidates {
+        match run.load_model(entry) {
+            Ok(model) => {
+                found = Some((entry, model));
+                break;
+            }
+            Err(crate::replay::ReplayError::Damaged(m)) => damaged = Some(m),
+            Err(crate::replay::ReplayError::Other(e)) => return Err(e),
+        }
+    }
+    let Some((entry, model)) = found else {
+        let message = damaged.unwrap_or_default();
+        if options.skip_damaged {
+            bail!("{message} (no undamaged snapshot to find the key frequencies at)");
+        }
+        bail!("{message} (pass --skip-damaged to analyse the other snapshots)");
     };
-    let model = run.load_model(entry).map_err(|e| match e {
-        crate::replay::ReplayError::Damaged(m) => anyhow::anyhow!(m),
-        crate::replay::ReplayError::Other(e) => e,
-    })?;
     let (mut run_col, mut digit, mut neuron, mut freq, mut fraction, mut is_key) = (
         Vec::new(),
         Vec::new(),

@@ -1140,6 +1140,65 @@ fn extended_run_is_analysed_incrementally() {
     assert!(out.contains("7 snapshots computed, 0 kept"), "{out}");
 }
 
+/// Digits analysed in separate calls (`--digits 1`, then `--digits 0`) all stay in the table,
+/// and a later call over both computes nothing.
+#[test]
+fn digits_analysed_separately_are_all_kept() {
+    setup();
+    let scratch = Scratch::new("separate_digits");
+    let run = ANSWER_ALL_32.copy_to(&scratch, "run");
+    let n_snapshots = snapshot_batches(&run).len();
+    succeeded(&analyze(&[
+        "loss",
+        "-q",
+        "--contexts",
+        "10",
+        "--digits",
+        "1",
+        s(&run),
+    ]));
+    let first = values_by(
+        &table(&run, "loss"),
+        &["batch", "digit", "carry_kind", "metric"],
+    );
+    succeeded(&analyze(&[
+        "loss",
+        "-q",
+        "--contexts",
+        "10",
+        "--digits",
+        "0",
+        s(&run),
+    ]));
+    let df = table(&run, "loss");
+    let digits: BTreeSet<i64> = (0..df.height())
+        .map(|r| int(&df, "digit", r).unwrap())
+        .collect();
+    assert_eq!(
+        digits,
+        BTreeSet::from([0, 1]),
+        "the rows of digit 1 were dropped"
+    );
+    let both = values_by(&df, &["batch", "digit", "carry_kind", "metric"]);
+    for (key, value) in &first {
+        assert!(both[key].to_bits() == value.to_bits() || both[key].is_nan() && value.is_nan());
+    }
+    let out = succeeded(&analyze(&[
+        "loss",
+        "-q",
+        "--contexts",
+        "10",
+        "--digits",
+        "0,1",
+        s(&run),
+    ]));
+    assert!(
+        out.contains(&format!("0 snapshots computed, {n_snapshots} kept")),
+        "{out}"
+    );
+    assert_eq!(table(&run, "loss").height(), df.height());
+}
+
 /// `--from`, `--to` and `--every` pick the snapshots replayed.
 #[test]
 fn snapshot_selection_options() {
@@ -1354,6 +1413,54 @@ fn bad_input_damaged_snapshot() {
         );
     }
     assert!(run.join("analysis/phases.parquet").exists());
+}
+
+/// A damaged last snapshot (where key frequencies are found by default): named, and with
+/// `--skip-damaged` the key frequencies come from the newest snapshot that reads.
+#[test]
+fn bad_input_damaged_last_snapshot() {
+    setup();
+    let scratch = Scratch::new("damaged_last");
+    let run = HUNDREDS_32.copy_to(&scratch, "run");
+    let entry = RunDir::open(&run)
+        .unwrap()
+        .manifest()
+        .snapshots
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(entry.batch, 300);
+    let path = run.join(&entry.file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let file_name = path.file_name().unwrap().to_str().unwrap().to_string();
+
+    for analysis in ["excluded-loss", "all"] {
+        let out = analyze(&[analysis, "-q", "--contexts", "10", s(&run)]);
+        failed_with(&out, &[&file_name, "damaged", "--skip-damaged"]);
+        no_analysis_written(&run);
+    }
+    let out = succeeded(&analyze(&[
+        "all",
+        "-q",
+        "--contexts",
+        "10",
+        "--skip-damaged",
+        s(&run),
+    ]));
+    assert!(out.contains("skipped") && out.contains(&file_name), "{out}");
+    let keys = table(&run, "key_frequencies");
+    let at: BTreeSet<i64> = (0..keys.height())
+        .map(|r| int(&keys, "snapshot_batch", r).unwrap())
+        .collect();
+    assert_eq!(at, BTreeSet::from([250]));
+    let excluded = table(&run, "excluded_loss");
+    let batches: BTreeSet<i64> = (0..excluded.height())
+        .map(|r| int(&excluded, "batch", r).unwrap())
+        .collect();
+    assert_eq!(batches, BTreeSet::from([0, 50, 100, 150, 200, 250]));
 }
 
 /// A digit the run did not train, and one that does not exist.
