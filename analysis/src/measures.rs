@@ -40,7 +40,9 @@ impl SnapshotAnalysis {
             SnapshotAnalysis::NaiveLens => {
                 vec![("carry_in", KeyKind::Text), ("offset", KeyKind::Int)]
             }
-            SnapshotAnalysis::ExcludedLoss => vec![("frequencies", KeyKind::Text)],
+            SnapshotAnalysis::ExcludedLoss => {
+                vec![("frequencies", KeyKind::Text), ("key_set", KeyKind::Text)]
+            }
         }
     }
 }
@@ -114,6 +116,14 @@ pub fn naive_lens_rows(
     }
 }
 
+/// The key set as stored in the `key_set` column, e.g. `1,3,5`.
+pub fn key_set_label(key: &[usize]) -> String {
+    key.iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The frequency sets reported: each single frequency, all five, and the key set.
 pub fn frequency_sets(key: &[usize]) -> Vec<(String, Vec<usize>)> {
     let mut sets: Vec<(String, Vec<usize>)> = FREQUENCIES
@@ -139,7 +149,7 @@ pub fn excluded_loss_rows(
     key: &[usize],
 ) {
     for (name, freqs) in frequency_sets(key) {
-        let keys = [Key::Text(name)];
+        let keys = [Key::Text(name), Key::Text(key_set_label(key))];
         let excluded = mean_cross_entropy(
             &excluded_logits(logits, n_out, n_contexts, &freqs),
             n_out,

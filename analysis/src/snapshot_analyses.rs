@@ -6,13 +6,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Result};
 use digitlab_snapshots::{read_parquet, write_parquet_atomic, FileEntry};
-use polars::prelude::{ChunkCompareEq, Column, DataFrame, SortMultipleOptions};
+use polars::prelude::{BooleanChunked, ChunkCompareEq, Column, DataFrame, SortMultipleOptions};
 
 use crate::activations::{digit_logits, mlp_post_at_prediction};
 use crate::digit_metrics::digit_metrics;
 use crate::eval_set::EvalSet;
 use crate::fourier::{key_frequencies, KeyFrequencies};
-use crate::measures::{excluded_loss_rows, loss_rows, naive_lens_rows, SnapshotAnalysis};
+use crate::measures::{
+    excluded_loss_rows, key_set_label, loss_rows, naive_lens_rows, SnapshotAnalysis,
+};
 use crate::replay::{replay, Run, Selection};
 use crate::table::MetricRows;
 
@@ -68,15 +70,21 @@ pub fn run_snapshot_analyses(
     } else {
         None
     };
-    let key_label = key
+    // The key set of each digit, which excluded-loss rows must match to be kept.
+    let key_labels: HashMap<i64, String> = key
         .as_ref()
-        .map(|k| key_sets_label(&sets, &k.1))
+        .map(|k| {
+            sets.iter()
+                .zip(&k.1)
+                .map(|(set, key)| (set.digit as i64, key_set_label(key)))
+                .collect()
+        })
         .unwrap_or_default();
 
     // What is already on disk with the same options.
     let mut kept: HashMap<SnapshotAnalysis, (Option<DataFrame>, BTreeSet<u64>)> = HashMap::new();
     for &a in analyses {
-        kept.insert(a, existing_rows(run, a, options, &key_label, &digits)?);
+        kept.insert(a, existing_rows(run, a, options, &key_labels, &digits)?);
     }
     let todo: Vec<FileEntry> = entries
         .iter()
@@ -85,13 +93,8 @@ pub fn run_snapshot_analyses(
         .collect();
 
     let n_out = run.cfg.model.d_vocab_out;
-    let new_rows = |a: SnapshotAnalysis| {
-        let mut rows = MetricRows::new(&a.keys(), options.contexts, options.eval_seed);
-        if a == SnapshotAnalysis::ExcludedLoss {
-            rows = rows.with_option("key_frequencies", &key_label);
-        }
-        rows
-    };
+    let new_rows =
+        |a: SnapshotAnalysis| MetricRows::new(&a.keys(), options.contexts, options.eval_seed);
     let replayed = replay(
         run,
         &todo,
@@ -162,9 +165,21 @@ pub fn run_snapshot_analyses(
             path.display()
         ));
     }
-    if let Some((df, _)) = key {
+    if let Some((mut df, _)) = key {
         let path = run.dir.analysis_path("key_frequencies");
-        write_parquet_atomic(&path, &mut { df })?;
+        // Keep the key frequencies of digits not analysed now.
+        if let Ok(old) = read_parquet(&path) {
+            let others: BooleanChunked = old
+                .column("digit")?
+                .i64()?
+                .iter()
+                .map(|d| d.is_some_and(|d| !digits.contains(&(d as usize))))
+                .collect();
+            if let Ok(stacked) = old.filter(&others).and_then(|o| o.vstack(&df)) {
+                df = stacked;
+            }
+        }
+        write_parquet_atomic(&path, &mut df)?;
         report.push(format!("key_frequencies -> {}", path.display()));
     }
     if !replayed.skipped.is_empty() {
@@ -182,7 +197,7 @@ fn existing_rows(
     run: &Run,
     analysis: SnapshotAnalysis,
     options: &EvalOptions,
-    key_label: &str,
+    key_labels: &HashMap<i64, String>,
     digits: &[usize],
 ) -> Result<(Option<DataFrame>, BTreeSet<u64>)> {
     let path = run.dir.analysis_path(analysis.file_name());
@@ -200,7 +215,19 @@ fn existing_rows(
                 .i64()?
                 .equal(options.eval_seed as i64);
         if analysis == SnapshotAnalysis::ExcludedLoss {
-            mask = &mask & &df.column("key_frequencies")?.str()?.equal(key_label);
+            // Rows of a requested digit count only if found with the same key set.
+            let same_key: BooleanChunked = df
+                .column("digit")?
+                .i64()?
+                .iter()
+                .zip(df.column("key_set")?.str()?.iter())
+                .map(|(d, k)| match (d.and_then(|d| key_labels.get(&d)), k) {
+                    (Some(label), Some(k)) => label == k,
+                    (None, _) => true,
+                    _ => false,
+                })
+                .collect();
+            mask = &mask & &same_key;
         }
         df.filter(&mask)
     })();
@@ -337,17 +364,4 @@ fn find_key_frequencies(
         ],
     )?;
     Ok((df, key_sets))
-}
-
-/// One text for all digits' key sets, e.g. `0:1,3;1:2`, stored with the excluded-loss rows.
-fn key_sets_label(sets: &[EvalSet], key_sets: &[Vec<usize>]) -> String {
-    sets.iter()
-        .zip(key_sets)
-        .filter(|(set, _)| set.is_grid)
-        .map(|(set, key)| {
-            let freqs: Vec<String> = key.iter().map(|f| f.to_string()).collect();
-            format!("{}:{}", set.digit, freqs.join(","))
-        })
-        .collect::<Vec<_>>()
-        .join(";")
 }

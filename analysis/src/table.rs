@@ -30,8 +30,6 @@ pub struct MetricRows {
     value: Vec<f64>,
     contexts: i64,
     eval_seed: i64,
-    /// Further options, constant over the table (e.g. the key frequencies used).
-    text_options: Vec<(String, String)>,
 }
 
 /// The kind of a key column, given when the table is made.
@@ -60,15 +58,7 @@ impl MetricRows {
             value: Vec::new(),
             contexts: contexts as i64,
             eval_seed: eval_seed as i64,
-            text_options: Vec::new(),
         }
-    }
-
-    /// Adds a constant text column recording an option the values depend on.
-    pub fn with_option(mut self, name: &str, value: &str) -> MetricRows {
-        self.text_options
-            .push((name.to_string(), value.to_string()));
-        self
     }
 
     /// Appends one row; `keys` in the order the table was made with.
@@ -132,9 +122,6 @@ impl MetricRows {
             "eval_seed".into(),
             vec![self.eval_seed; height],
         ));
-        for (name, value) in self.text_options {
-            columns.push(Column::new(name.into(), vec![value; height]));
-        }
         Ok(DataFrame::new(height, columns)?)
     }
 }

@@ -1197,6 +1197,31 @@ fn digits_analysed_separately_are_all_kept() {
         "{out}"
     );
     assert_eq!(table(&run, "loss").height(), df.height());
+
+    // The same for excluded-loss, whose rows also depend on each digit's key set.
+    for digit in ["1", "0"] {
+        let args = [
+            "excluded-loss",
+            "-q",
+            "--contexts",
+            "10",
+            "--digits",
+            digit,
+            s(&run),
+        ];
+        succeeded(&analyze(&args));
+    }
+    for name in ["excluded_loss", "key_frequencies"] {
+        let df = table(&run, name);
+        let digits: BTreeSet<i64> = (0..df.height())
+            .map(|r| int(&df, "digit", r).unwrap())
+            .collect();
+        assert_eq!(
+            digits,
+            BTreeSet::from([0, 1]),
+            "{name} lost the rows of digit 1"
+        );
+    }
 }
 
 /// `--from`, `--to` and `--every` pick the snapshots replayed.
@@ -1624,7 +1649,7 @@ fn analysis_tables_have_typed_tidy_columns() {
     );
     assert_schema(
         &table(run, "excluded_loss"),
-        &with(&[("frequencies", Str)], &[("key_frequencies", Str)]),
+        &with(&[("frequencies", Str), ("key_set", Str)], &[]),
     );
     assert_schema(
         &table(run, "key_frequencies"),

@@ -54,7 +54,7 @@ TAIL = [("metric", STR), ("value", F64), ("contexts", I64), ("eval_seed", I64)]
 SCHEMAS = {
     "loss": HEAD + [("carry_kind", STR)] + TAIL,
     "naive_lens": HEAD + [("carry_in", STR), ("offset", I64)] + TAIL,
-    "excluded_loss": HEAD + [("frequencies", STR)] + TAIL + [("key_frequencies", STR)],
+    "excluded_loss": HEAD + [("frequencies", STR), ("key_set", STR)] + TAIL,
     "key_frequencies": [("run", STR), ("digit", I64), ("snapshot_batch", I64), ("neuron", I64),
                         ("frequency", I64), ("fraction", F64), ("above_threshold", BOOL),
                         ("threshold", F64)],
@@ -280,13 +280,13 @@ def test_key_frequencies(run_dir):
     assert ((0 <= fraction) & (fraction <= 1 + 1e-12)).all()
     assert keys["frequency"].is_between(1, 5).all()
     assert (keys["above_threshold"] == (keys["fraction"] >= keys["threshold"])).all()
-    # The key sets recorded with the excluded-loss rows, e.g. "0:1,3;1:2".
-    label = read(run_dir, "excluded_loss")["key_frequencies"].unique().to_list()
-    assert len(label) == 1
+    # The key set recorded with each digit's excluded-loss rows, e.g. "1,3".
+    ex = read(run_dir, "excluded_loss")
     recorded = {}
-    for part in label[0].split(";"):
-        digit, freqs = part.split(":")
-        recorded[int(digit)] = sorted(int(f) for f in freqs.split(",") if f)
+    for digit in grid_digits:
+        labels = ex.filter(pl.col("digit") == digit)["key_set"].unique().to_list()
+        assert len(labels) == 1
+        recorded[digit] = sorted(int(f) for f in labels[0].split(",") if f)
     found = {k: sorted(keys.filter((pl.col("digit") == k) & pl.col("above_threshold"))["frequency"]
                        .unique().to_list()) for k in grid_digits}
     assert recorded == found
@@ -300,11 +300,10 @@ def test_excluded_loss_rows(run_dir):
     assert sorted(ex["metric"].unique().to_list()) == ["excluded_loss", "restricted_loss"]
     values = ex["value"].to_numpy()
     assert np.isfinite(values).all() and (values >= 0).all()
-    label = ex["key_frequencies"][0]
-    wide = pivot(ex, ["batch", "digit", "metric"], on="frequencies")
+    wide = pivot(ex.drop("key_set"), ["batch", "digit", "metric"], on="frequencies")
     loss = read(run_dir, "loss").filter((pl.col("carry_kind") == "all") & (pl.col("metric") == "loss"))
-    for part in label.split(";"):
-        digit, freqs = part.split(":")
+    labels = ex.select("digit", "key_set").unique().iter_rows()
+    for digit, freqs in labels:
         rows = wide.filter(pl.col("digit") == int(digit))
         freqs = [f for f in freqs.split(",") if f]
         if len(freqs) == 1:
