@@ -437,7 +437,9 @@ fn labelled_plateaus(
     }
     let mut joined: Vec<(Span, String)> = Vec::with_capacity(touching.len());
     for (span, label) in touching {
-        if batch[span.last] - batch[span.first] < options.min_plateau_batches {
+        // A stretch at the very start is cut short by the start of training, not by noise:
+        // it counts however short, so a digit that leaves ln 10 early still gets that batch.
+        if span.first > 0 && batch[span.last] - batch[span.first] < options.min_plateau_batches {
             continue;
         }
         match joined.last_mut() {

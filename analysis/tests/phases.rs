@@ -245,6 +245,28 @@ fn units_digit_goes_from_ln10_straight_to_zero() {
 }
 
 #[test]
+fn a_digit_that_leaves_ln10_within_the_first_window_still_gets_the_batch() {
+    // The ln 10 stretch at the start is shorter than min_plateau_batches (200): it is cut by
+    // the start of training, so it still counts.
+    let options = PhaseOptions::default();
+    let levels = reference_levels(carry_probability(0), &options);
+    let b = batches(10, 2000);
+    let curve = |x: u64| {
+        (LN_10.ln() + (1e-5f64.ln() - LN_10.ln()) * sigmoid((x as f64 - 250.0) / 20.0)).exp()
+    };
+    let loss: Vec<f64> = b.iter().map(|&x| curve(x)).collect();
+    let summary = detect_phases(&b, &loss, &levels, &options).unwrap();
+    let leaves_ln10 = 250.0 - knee_offset(20.0, LN_10.ln() - 1e-5f64.ln());
+    assert_near(
+        summary.leaves_ln10_batch,
+        leaves_ln10 as u64,
+        60,
+        "leaves ln10",
+    );
+    assert_eq!(summary.final_level, ZERO_LEVEL);
+}
+
+#[test]
 fn a_plateau_away_from_every_level_is_other() {
     let b = batches(50, 3000);
     let loss = vec![0.1; b.len()];
