@@ -53,12 +53,6 @@ impl Hooks {
         self
     }
 
-    /// Whether the forward pass must materialise the activation at `name` in TransformerLens's
-    /// layout (some are computed in another layout and only transposed when asked for).
-    pub fn wants(&self, name: &str) -> bool {
-        self.cache_all || self.cache_names.contains(name) || self.interventions.contains_key(name)
-    }
-
     /// Applies the intervention registered at `name`, caches the result if asked, returns it.
     pub fn apply(&mut self, name: &str, x: Tensor) -> Result<Tensor> {
         let x = match self.interventions.get(name) {

@@ -48,40 +48,53 @@ impl Attention {
     }
 
     /// `x: [batch, pos, d_model]` -> attention output `[batch, pos, d_model]`.
+    ///
+    /// Projections are single matrix products over all heads (`[d_model, head * d_head]`)
+    /// rather than broadcast products per head: their gradients are then plain products too,
+    /// not broadcast sums over the batch (measured: those sums were 40% of an answer-layout
+    /// step).
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
-        let (_, t, _) = x.dims3()?;
-        let d_head = self.w_q.dim(2)?;
-        let x = x.unsqueeze(1)?; // [batch, 1, pos, d_model]
-        let project =
-            |w: &Tensor, b: &Tensor| x.broadcast_matmul(w)?.broadcast_add(&b.unsqueeze(1)?);
-        let q = self.head_hook(hooks, "hook_q", project(&self.w_q, &self.b_q)?)?;
-        let k = self.head_hook(hooks, "hook_k", project(&self.w_k, &self.b_k)?)?;
-        let v = self.head_hook(hooks, "hook_v", project(&self.w_v, &self.b_v)?)?;
-        let scores = (q.matmul(&k.t()?)? / (d_head as f64).sqrt())?;
+        let (batch, t, d) = x.dims3()?;
+        let (h, dh) = (self.w_q.dim(0)?, self.w_q.dim(2)?);
+        // [batch, pos, head, d_head], TransformerLens's layout for hook_q/k/v.
+        let project = |w: &Tensor, b: &Tensor| {
+            let w = w.transpose(0, 1)?.reshape((d, h * dh))?;
+            rows_matmul(x, &w)?
+                .broadcast_add(&b.flatten_all()?)?
+                .reshape((batch, t, h, dh))
+        };
+        let q = hooks.apply(&self.name("hook_q"), project(&self.w_q, &self.b_q)?)?;
+        let k = hooks.apply(&self.name("hook_k"), project(&self.w_k, &self.b_k)?)?;
+        let v = hooks.apply(&self.name("hook_v"), project(&self.w_v, &self.b_v)?)?;
+        let heads_first = |x: Tensor| x.transpose(1, 2)?.contiguous(); // [batch, head, pos, d_head]
+        let (q, k, v) = (heads_first(q)?, heads_first(k)?, heads_first(v)?);
+        let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
         let scores = scores.broadcast_add(&causal_mask(t, scores.device())?)?;
         let scores = hooks.apply(&self.name("hook_attn_scores"), scores)?;
         let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let pattern = hooks.apply(&self.name("hook_pattern"), pattern)?;
-        let z = self.head_hook(hooks, "hook_z", pattern.matmul(&v)?)?;
-        // Sum over heads of z_h W_O[h]: [batch, head, pos, d_model] -> [batch, pos, d_model].
-        let out = z.broadcast_matmul(&self.w_o)?.sum(1)?;
+        let z = pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?; // [batch, pos, head, d_head]
+        let z = hooks.apply(&self.name("hook_z"), z)?;
+        // Sum over heads of z_h W_O[h]: one product with W_O as [head * d_head, d_model].
+        let out = rows_matmul(
+            &z.reshape((batch, t, h * dh))?,
+            &self.w_o.reshape((h * dh, d))?,
+        )?;
         out.broadcast_add(&self.b_o)
     }
 
     fn name(&self, hook: &str) -> String {
         format!("{}.{hook}", self.prefix)
     }
+}
 
-    /// Per-head activations are computed as `[batch, head, pos, d_head]`; hooks see them in
-    /// TransformerLens's `[batch, pos, head, d_head]`, transposed only when a hook asks.
-    fn head_hook(&self, hooks: &mut Hooks, hook: &str, x: Tensor) -> Result<Tensor> {
-        let name = self.name(hook);
-        if !hooks.wants(&name) {
-            return Ok(x);
-        }
-        let seen = hooks.apply(&name, x.transpose(1, 2)?.contiguous()?)?;
-        seen.transpose(1, 2)?.contiguous()
-    }
+/// `x: [..., k] @ w: [k, n]` as one 2-D product over all leading dimensions.
+fn rows_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let k = dims[dims.len() - 1];
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 1") = w.dim(1)?;
+    x.reshape(((), k))?.matmul(w)?.reshape(out_dims)
 }
 
 /// `[pos, pos]` additive mask: 0 where a query may attend (key position <= query), -inf above.
@@ -115,11 +128,10 @@ impl Mlp {
 
     /// `x: [..., d_model]` -> `[..., d_model]`.
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
-        let pre = x.broadcast_matmul(&self.w_in)?.broadcast_add(&self.b_in)?;
+        let pre = rows_matmul(x, &self.w_in)?.broadcast_add(&self.b_in)?;
         let pre = hooks.apply(&format!("{}.hook_pre", self.prefix), pre)?;
         let post = hooks.apply(&format!("{}.hook_post", self.prefix), pre.relu()?)?;
-        post.broadcast_matmul(&self.w_out)?
-            .broadcast_add(&self.b_out)
+        rows_matmul(&post, &self.w_out)?.broadcast_add(&self.b_out)
     }
 }
 
@@ -234,6 +246,6 @@ impl Transformer {
     }
 
     fn unembed(&self, resid: &Tensor) -> Result<Tensor> {
-        resid.broadcast_matmul(&self.w_u)?.broadcast_add(&self.b_u)
+        rows_matmul(resid, &self.w_u)?.broadcast_add(&self.b_u)
     }
 }
