@@ -60,23 +60,37 @@ fn train_seconds(cfg: &TrainConfig, snapshot_every: u64) -> f64 {
     seconds
 }
 
+/// Set in the child processes: each thread count runs in a process of its own, because rayon's
+/// pool (used by the optimizer) is sized once per process.
+const THREADS_ENV: &str = "DIGITLAB_BENCH_THREADS";
+
 fn main() {
     digitlab::allocator::keep_freed_buffers();
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let Some(threads) = std::env::var(THREADS_ENV)
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+    else {
+        for threads in [1, 2] {
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(std::env::args().skip(1))
+                .env(THREADS_ENV, threads.to_string())
+                .status()
+                .unwrap();
+            assert!(status.success(), "benchmark child failed");
+        }
+        return;
+    };
+    set_threads(threads);
     for (d_model, n_heads, steps) in CONFIGS {
         let name = format!("{d_model}x{n_heads}");
         if filter.as_ref().is_some_and(|f| f != &name) {
             continue;
         }
-        let cfg = config(d_model, n_heads);
-        for threads in [1, 2] {
-            set_threads(threads);
-            let rate = steps_per_sec(&cfg, steps);
-            println!("train_speed d_model={d_model} n_heads={n_heads} threads={threads} steps_per_sec={rate:.1}");
-        }
+        let rate = steps_per_sec(&config(d_model, n_heads), steps);
+        println!("train_speed d_model={d_model} n_heads={n_heads} threads={threads} steps_per_sec={rate:.1}");
     }
-    if filter.as_deref().is_none_or(|f| f == "snapshots") {
-        set_threads(digitlab::threads::default_threads(128));
+    if threads == 1 && filter.as_deref().is_none_or(|f| f == "snapshots") {
         let mut cfg = config(128, 4);
         cfg.steps = 1000;
         let (mut with, mut without) = (Vec::new(), Vec::new());
