@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use digitlab::config::TrainConfig;
 use digitlab::task::{Layout, TaskConfig};
-use digitlab::train::{train, TrainState};
-use digitlab_snapshots::{RunDir, TrainLog};
+use digitlab::train::{new_run, train, TrainState};
+use digitlab_snapshots::RunDir;
 
 const CONTEXTS: &str = "100";
 
@@ -67,20 +67,9 @@ fn ensure_runs(base: &Path) -> (PathBuf, PathBuf) {
     digitlab::threads::set_threads(digitlab::threads::default_threads(128));
     let start = Instant::now();
     let cfg = config(2500);
-    let run = RunDir::create(&short, &serde_json::to_value(&cfg).unwrap()).unwrap();
-    let log = TrainLog {
-        digits: cfg.task.targets.clone(),
-        tensor_names: cfg
-            .model
-            .param_specs()
-            .into_iter()
-            .filter(|s| s.trained)
-            .map(|s| s.name)
-            .collect(),
-        rows: Vec::new(),
-    };
+    let (run, state, log) = new_run(&cfg, &short).unwrap();
     println!("training {} (2500 batches) ...", short.display());
-    train(&cfg, run, TrainState::new(&cfg), log, false).unwrap();
+    train(&cfg, run, state, log, false).unwrap();
 
     copy_dir(&short, &long);
     let mut run = RunDir::open(&long).unwrap();

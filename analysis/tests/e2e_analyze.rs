@@ -19,9 +19,9 @@ use candle_core::{Device, Tensor};
 use digitlab::config::TrainConfig;
 use digitlab::model::{Hooks, Transformer};
 use digitlab::task::{Layout, Pair, TaskConfig};
-use digitlab::train::{train, TrainState};
+use digitlab::train::{new_run, train, TrainState};
 use digitlab_analysis::eval_set::EvalSet;
-use digitlab_snapshots::{read_parquet, RunDir, TrainLog};
+use digitlab_snapshots::{read_parquet, RunDir};
 use polars::prelude::{DataFrame, DataType};
 
 /// Contexts per digit in every analysis of these tests (1000 examples per digit).
@@ -94,19 +94,8 @@ fn config(task: TaskConfig, d_model: usize, n_heads: usize, steps: u64) -> Train
 
 /// Trains a new run at `dir` (which must not exist) from scratch.
 fn train_run(dir: &Path, cfg: &TrainConfig) {
-    let run = RunDir::create(dir, &serde_json::to_value(cfg).unwrap()).unwrap();
-    let log = TrainLog {
-        digits: cfg.task.targets.clone(),
-        tensor_names: cfg
-            .model
-            .param_specs()
-            .into_iter()
-            .filter(|s| s.trained)
-            .map(|s| s.name)
-            .collect(),
-        rows: Vec::new(),
-    };
-    train(cfg, run, TrainState::new(cfg), log, false).unwrap();
+    let (run, state, log) = new_run(cfg, dir).unwrap();
+    train(cfg, run, state, log, false).unwrap();
 }
 
 /// Extends the run at `dir` to `steps` batches from its newest checkpoint, as
