@@ -217,6 +217,66 @@ pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, Trai
     Ok((run, TrainState::new(cfg), log))
 }
 
+/// An existing run directory made ready to continue from its newest checkpoint, with the step
+/// count changed to `steps` if given: what `train --resume` and [`train`] start from. The log
+/// is cut at the checkpoint and later snapshots dropped; they are rewritten identically.
+pub fn resume_run(
+    dir: &std::path::Path,
+    steps: Option<u64>,
+) -> Result<(TrainConfig, RunDir, TrainState, TrainLog)> {
+    let mut run = RunDir::open(dir)?;
+    let config_path = dir.join("config.json");
+    let mut cfg: TrainConfig = serde_json::from_value(run.config().clone()).with_context(|| {
+        format!(
+            "{} is not a digitlab training config",
+            config_path.display()
+        )
+    })?;
+    if let Some(steps) = steps {
+        cfg.steps = steps;
+    }
+    cfg.validate()?;
+    let manifest_path = dir.join("manifest.json");
+    let entry = run
+        .manifest()
+        .checkpoints
+        .last()
+        .cloned()
+        .with_context(|| {
+            format!(
+                "{} lists no checkpoint to resume from",
+                manifest_path.display()
+            )
+        })?;
+    if entry.batch > cfg.steps {
+        bail!(
+            "the run already has a checkpoint at batch {}, beyond --steps {}: pass a larger --steps",
+            entry.batch,
+            cfg.steps
+        );
+    }
+    let checkpoint = run.read_checkpoint(&entry)?;
+    let state = TrainState::from_checkpoint(&cfg, checkpoint)?;
+    let mut log = run.read_train_log()?.with_context(|| {
+        format!(
+            "{} is missing; cannot resume its log",
+            run.train_log_path().display()
+        )
+    })?;
+    log.truncate(state.batch);
+    if log.rows.len() as u64 != state.batch {
+        bail!(
+            "{} has {} rows before batch {}, the newest checkpoint; it should have one per batch",
+            run.train_log_path().display(),
+            log.rows.len(),
+            state.batch
+        );
+    }
+    run.truncate_after(state.batch)?;
+    run.set_config(&serde_json::to_value(&cfg)?)?;
+    Ok((cfg, run, state, log))
+}
+
 /// Trains from `state` to `cfg.steps`, writing snapshots, checkpoints and the log into `run`.
 /// `log` holds the rows before `state.batch` (empty for a new run).
 pub fn train(

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use digitlab::config::TrainConfig;
 use digitlab::task::{Layout, TaskConfig};
-use digitlab::train::{new_run, train, TrainState};
+use digitlab::train::{new_run, resume_run, train};
 use digitlab_snapshots::RunDir;
 
 const CONTEXTS: &str = "100";
@@ -72,15 +72,7 @@ fn ensure_runs(base: &Path) -> (PathBuf, PathBuf) {
     train(&cfg, run, state, log, false).unwrap();
 
     copy_dir(&short, &long);
-    let mut run = RunDir::open(&long).unwrap();
-    let cfg = config(5000);
-    let entry = run.manifest().checkpoints.last().cloned().unwrap();
-    let state = TrainState::from_checkpoint(&cfg, run.read_checkpoint(&entry).unwrap()).unwrap();
-    let mut log = run.read_train_log().unwrap().unwrap();
-    log.truncate(state.batch);
-    run.truncate_after(state.batch).unwrap();
-    run.set_config(&serde_json::to_value(&cfg).unwrap())
-        .unwrap();
+    let (cfg, run, state, log) = resume_run(&long, Some(5000)).unwrap();
     println!("extending {} to 5000 batches ...", long.display());
     train(&cfg, run, state, log, false).unwrap();
     println!("trained in {:.0} s", start.elapsed().as_secs_f64());

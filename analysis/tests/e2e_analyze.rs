@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 use digitlab::config::TrainConfig;
 use digitlab::model::{Hooks, Transformer};
 use digitlab::task::{Layout, Pair, TaskConfig};
-use digitlab::train::{new_run, train, TrainState};
+use digitlab::train::{new_run, resume_run, train};
 use digitlab_analysis::eval_set::EvalSet;
 use digitlab_snapshots::{read_parquet, RunDir};
 use polars::prelude::{DataFrame, DataType};
@@ -101,16 +101,7 @@ fn train_run(dir: &Path, cfg: &TrainConfig) {
 /// Extends the run at `dir` to `steps` batches from its newest checkpoint, as
 /// `train --resume DIR --steps N` does.
 fn extend_run(dir: &Path, steps: u64) {
-    let mut run = RunDir::open(dir).unwrap();
-    let mut cfg: TrainConfig = serde_json::from_value(run.config().clone()).unwrap();
-    cfg.steps = steps;
-    let entry = run.manifest().checkpoints.last().cloned().unwrap();
-    let state = TrainState::from_checkpoint(&cfg, run.read_checkpoint(&entry).unwrap()).unwrap();
-    let mut log = run.read_train_log().unwrap().unwrap();
-    log.truncate(state.batch);
-    run.truncate_after(state.batch).unwrap();
-    run.set_config(&serde_json::to_value(&cfg).unwrap())
-        .unwrap();
+    let (cfg, run, state, log) = resume_run(dir, Some(steps)).unwrap();
     train(&cfg, run, state, log, false).unwrap();
 }
 

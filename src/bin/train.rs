@@ -10,7 +10,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use digitlab::config::{Perturbation, TrainConfig};
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::default_threads;
-use digitlab::train::{new_run, train, TrainState};
+use digitlab::train::{new_run, resume_run, train, TrainState};
 use digitlab_snapshots::{RunDir, TrainLog};
 
 /// Train a 1-layer transformer on n-digit addition, writing weight snapshots (zstd-compressed
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
     let (quiet, threads) = (args.quiet, args.threads);
     let prepared = match &args.resume {
-        Some(dir) => prepare_resume(dir, args.steps),
+        Some(dir) => resume_run(dir, args.steps),
         None => prepare_new(&args),
     };
     let (cfg, run, state, log) = match prepared {
@@ -186,60 +186,6 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
         .transpose()?;
     let run_dir = args.run_dir.as_ref().context("no run directory given")?;
     let (run, state, log) = new_run(&cfg, run_dir)?;
-    Ok((cfg, run, state, log))
-}
-
-fn prepare_resume(dir: &std::path::Path, steps: Option<u64>) -> Result<Prepared> {
-    let mut run = RunDir::open(dir)?;
-    let config_path = dir.join("config.json");
-    let mut cfg: TrainConfig = serde_json::from_value(run.config().clone()).with_context(|| {
-        format!(
-            "{} is not a digitlab training config",
-            config_path.display()
-        )
-    })?;
-    if let Some(steps) = steps {
-        cfg.steps = steps;
-    }
-    cfg.validate()?;
-    let manifest_path = dir.join("manifest.json");
-    let entry = run
-        .manifest()
-        .checkpoints
-        .last()
-        .cloned()
-        .with_context(|| {
-            format!(
-                "{} lists no checkpoint to resume from",
-                manifest_path.display()
-            )
-        })?;
-    if entry.batch > cfg.steps {
-        bail!(
-            "the run already has a checkpoint at batch {}, beyond --steps {}: pass a larger --steps",
-            entry.batch,
-            cfg.steps
-        );
-    }
-    let checkpoint = run.read_checkpoint(&entry)?;
-    let state = TrainState::from_checkpoint(&cfg, checkpoint)?;
-    let mut log = run.read_train_log()?.with_context(|| {
-        format!(
-            "{} is missing; cannot resume its log",
-            run.train_log_path().display()
-        )
-    })?;
-    log.truncate(state.batch);
-    if log.rows.len() as u64 != state.batch {
-        bail!(
-            "{} has {} rows before batch {}, the newest checkpoint; it should have one per batch",
-            run.train_log_path().display(),
-            log.rows.len(),
-            state.batch
-        );
-    }
-    run.truncate_after(state.batch)?;
-    run.set_config(&serde_json::to_value(&cfg)?)?;
     Ok((cfg, run, state, log))
 }
 
