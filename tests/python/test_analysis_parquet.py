@@ -1,7 +1,8 @@
 """The analysis tables as a Python user reads them: `analyze all` on two tiny runs, then every
 Parquet file under analysis/ (and train_log.parquet) read with pyarrow AND with polars; both
 readers must agree, the column names and types are the documented ones, and values recomputed
-here from the tables (spec sections 4 and 5) agree with what the Rust side wrote:
+here from the tables (docs/metrics.md, "Per-digit metrics" and "Key frequencies") agree with
+what the Rust side wrote:
 
 - loss = pair_mass_loss + pair_loss per (batch, digit);
 - p_delta over the ten offsets sums to at most 1, and to more than 0.9 late in training;

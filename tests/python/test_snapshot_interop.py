@@ -1,7 +1,7 @@
 """A run directory as a Python user sees it, with numpy, safetensors, zstandard, polars and
 pyarrow only (no torch): snapshots decompress to plain safetensors files with the
-TransformerLens names and shapes of spec section 2 and the metadata batch / config_hash; the
-manifest's sizes and sha256 hold; a float64 numpy forward pass written here matches the logits
+TransformerLens names and shapes (docs/metrics.md, "The model") and the metadata batch /
+config_hash; the manifest's sizes and sha256 hold; a float64 numpy forward pass written here matches the logits
 the Rust model prints (examples/dump_logits.rs) to 1e-5; train_log.parquet reads with polars
 and pyarrow, one row per batch.
 
@@ -176,7 +176,7 @@ def numpy_forward(sd, m, tokens):
 
 
 def check_tokens(tokens, task):
-    """The layout of spec section 1: a + b = (answer)."""
+    """The token layout (docs/metrics.md, "The task"): a + b = (answer)."""
     n = task["n_digits"]
     assert tokens.shape[1] == (2 * n + 2 if task["layout"] == "prompt" else 3 * n + 3)
     for row in tokens:
