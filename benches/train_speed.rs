@@ -1,4 +1,4 @@
-//! Training speed in steps/s for the configs the training issue sets goals for (prompt layout,
+//! Training speed in steps/s for the configs the speed goals are set for (prompt layout,
 //! 5 digits, batch 128), with one and two threads, and the cost of writing snapshots every 50
 //! batches. Prints figures; asserts nothing (speed goals are checked by reading them).
 //!

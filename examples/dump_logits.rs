@@ -35,12 +35,7 @@ fn main() -> Result<()> {
         .context("EXAMPLES must be a number")?;
 
     let run = RunDir::open(&dir)?;
-    let cfg: TrainConfig = serde_json::from_value(run.config().clone()).with_context(|| {
-        format!(
-            "{} is not a digitlab training config",
-            dir.join("config.json").display()
-        )
-    })?;
+    let cfg = TrainConfig::from_run(&run)?;
     let entry = run
         .manifest()
         .snapshots

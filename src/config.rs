@@ -1,6 +1,7 @@
 //! Everything that defines a training run, stored as the run's `config.json`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use digitlab_snapshots::RunDir;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
@@ -59,18 +60,21 @@ impl Perturbation {
             )
         })
     }
-
-    /// The tensor name and the head, if any.
-    pub fn tensor_and_head(&self) -> (&str, Option<usize>) {
-        match self.group.split_once('[') {
-            Some((name, head)) => (name, head.trim_end_matches(']').parse().ok()),
-            None => (&self.group, None),
-        }
-    }
 }
 
 impl TrainConfig {
-    /// The defaults of spec section 2 and the training issue: 5-digit prompt layout, units
+    /// The config a run directory was trained with (its `config.json`), as `train --resume`,
+    /// the analyses and the examples read it.
+    pub fn from_run(run: &RunDir) -> Result<TrainConfig> {
+        serde_json::from_value(run.config().clone()).with_context(|| {
+            format!(
+                "{} is not a digitlab training config",
+                run.root().join("config.json").display()
+            )
+        })
+    }
+
+    /// The defaults of docs/metrics.md, 'The model', and of `train`: 5-digit prompt layout, units
     /// digit, d_model 128, 4 heads, AdamW lr 1e-3, betas (0.9, 0.98), weight decay 1.0,
     /// batch 128, 3000 steps, seed 0.
     pub fn default_for(task: TaskConfig, d_model: usize, n_heads: usize) -> TrainConfig {
@@ -150,20 +154,11 @@ impl TrainConfig {
             bail!("--checkpoint-every must be at least 1");
         }
         if let Some(p) = &self.perturbation {
-            let (name, head) = p.tensor_and_head();
             if p.batch == 0 || p.batch > self.steps {
                 bail!("--perturb: the batch must be between 1 and --steps");
             }
-            let Some(spec) = self
-                .model
-                .param_specs()
-                .into_iter()
-                .find(|s| s.name == name)
-            else {
-                bail!("--perturb: no parameter named {name}");
-            };
-            if head.is_some_and(|h| !name.contains(".attn.W_") || h >= self.model.n_heads) {
-                bail!("--perturb: {} has no head {:?}", spec.name, head);
+            if let Err(e) = self.model.param_group(&p.group) {
+                bail!("--perturb: {e}");
             }
         }
         Ok(())

@@ -10,7 +10,7 @@ use digitlab_snapshots::TensorStats;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Optimizer hyperparameters (spec section 2 defaults).
+/// Optimizer hyperparameters (defaults in docs/metrics.md, 'The model').
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerConfig {
     pub lr: f64,

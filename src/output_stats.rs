@@ -2,6 +2,8 @@
 //! logsumexp, and how often the float32 softmax rounds the target's probability to exactly 1
 //! (at which point that example's gradient is exactly zero).
 
+use crate::log_softmax::logsumexp;
+
 /// Output-logit statistics over a set of predictions.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OutputStats {
@@ -45,12 +47,75 @@ pub fn digit_losses(logits: &[f32], n_out: usize, targets: &[u32], n_digits: usi
     totals.into_iter().map(|t| (t / per_digit) as f32).collect()
 }
 
-/// `ln sum exp(row)` in f64, shifted by the maximum so it cannot overflow.
-fn logsumexp(row: &[f32]) -> f64 {
-    let m = f64::from(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-    m + row
-        .iter()
-        .map(|&x| (f64::from(x) - m).exp())
-        .sum::<f64>()
-        .ln()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether float32 softmax rounds the target's probability to exactly 1, decided in f64:
+    /// with the target the largest logit, the f32 denominator `1 + sum_{i != t} e^(x_i - x_t)`
+    /// rounds to 1 when the sum is below half an f32 ulp of 1 (2^-24).
+    fn saturates(row: &[f32], target: usize) -> bool {
+        let top = f64::from(row[target]);
+        let rest: f64 = row
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != target)
+            .map(|(_, &x)| (f64::from(x) - top).exp())
+            .sum();
+        row.iter().all(|&x| x <= row[target]) && rest < 2f64.powi(-24)
+    }
+
+    #[test]
+    fn saturated_fraction_counts_rows_whose_float32_softmax_is_exactly_one() {
+        // Ten outputs; the margin of the target over the other nine logits decides. Margins 20
+        // and 30 saturate (9 e^-20 = 1.9e-8 < 2^-24 = 6.0e-8); 10 and 15 do not (9 e^-15 =
+        // 2.8e-6); a row whose largest logit is not the target does not either.
+        let row = |target: usize, margin: f32, other_top: Option<usize>| {
+            let mut r = vec![0.0f32; 10];
+            r[target] = margin;
+            if let Some(o) = other_top {
+                r[o] = margin + 5.0;
+            }
+            r
+        };
+        let rows = [
+            (row(3, 20.0, None), 3u32),
+            (row(7, 30.0, None), 7),
+            (row(0, 10.0, None), 0),
+            (row(5, 15.0, None), 5),
+            (row(2, 40.0, Some(4)), 2),
+        ];
+        let logits: Vec<f32> = rows.iter().flat_map(|(r, _)| r.clone()).collect();
+        let targets: Vec<u32> = rows.iter().map(|(_, t)| *t).collect();
+        let expected = rows
+            .iter()
+            .filter(|(r, t)| saturates(r, *t as usize))
+            .count() as f32
+            / rows.len() as f32;
+        assert_eq!(
+            expected, 0.4,
+            "the rows were chosen so that two of five saturate"
+        );
+        let stats = output_stats(&logits, 10, &targets);
+        assert_eq!(stats.saturated_fraction, expected);
+
+        // Moderate logits never saturate.
+        let mild: Vec<f32> = (0..50).map(|i| (i % 7) as f32 * 0.5).collect();
+        let stats = output_stats(&mild, 10, &[3, 1, 4, 1, 5]);
+        assert_eq!(stats.saturated_fraction, 0.0);
+    }
+
+    #[test]
+    fn logsumexp_statistics_match_a_plain_loop() {
+        let logits: Vec<f32> = (0..30).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let lse: Vec<f64> = logits
+            .chunks(10)
+            .map(|r| r.iter().map(|&x| f64::from(x).exp()).sum::<f64>().ln())
+            .collect();
+        let stats = output_stats(&logits, 10, &[0, 1, 2]);
+        let mean = lse.iter().sum::<f64>() / 3.0;
+        let max = lse.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert!((f64::from(stats.logsumexp_mean) - mean).abs() < 1e-5);
+        assert!((f64::from(stats.logsumexp_max) - max).abs() < 1e-5);
+    }
 }

@@ -1,8 +1,8 @@
-//! The addition task (spec section 1): token ids, the two layouts, seekable batches and the
+//! The addition task (docs/metrics.md, 'The task'): token ids, the two layouts, seekable batches and the
 //! per-example labels (true digit, naive digit, carry-in, carry kind) that training and the
 //! analyzer share.
 //!
-//! Numbers are kept as digit arrays, least significant first, so that `a[k]` is the spec's `a_k`.
+//! Numbers are kept as digit arrays, least significant first, so that `a[k]` is the digit `a_k` of docs/metrics.md.
 
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
@@ -26,6 +26,16 @@ pub enum Layout {
     Prompt,
     /// `a + b = s_n … s_0`, teacher-forced; digit `s_k` is read at the position before it.
     Answer,
+}
+
+impl Layout {
+    /// The name in `config.json`, on the command line and in the `layout` column of a summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Prompt => "prompt",
+            Layout::Answer => "answer",
+        }
+    }
 }
 
 /// What the model is asked to do: `n_digits`-digit addition, read in `layout`, trained on

@@ -31,14 +31,7 @@ impl TrainState {
     /// Freshly initialised weights, zero moments.
     pub fn new(cfg: &TrainConfig) -> TrainState {
         let params = cfg.model.init_params(cfg.seed);
-        let sizes: Vec<usize> = cfg
-            .model
-            .param_specs()
-            .iter()
-            .zip(&params)
-            .filter(|(s, _)| s.trained)
-            .map(|(_, p)| p.data.len())
-            .collect();
+        let sizes: Vec<usize> = trained(cfg, &params).map(|p| p.data.len()).collect();
         TrainState {
             batch: 0,
             params,
@@ -90,17 +83,8 @@ impl TrainState {
 
     /// Everything needed to continue from here.
     pub fn to_checkpoint(&self, cfg: &TrainConfig) -> Checkpoint {
-        let trained: Vec<&NamedTensor> = cfg
-            .model
-            .param_specs()
-            .iter()
-            .zip(&self.params)
-            .filter(|(s, _)| s.trained)
-            .map(|(_, p)| p)
-            .collect();
         let moments = |list: &[Vec<f32>]| {
-            trained
-                .iter()
+            trained(cfg, &self.params)
                 .zip(list)
                 .map(|(p, data)| NamedTensor {
                     name: p.name.clone(),
@@ -155,11 +139,9 @@ impl TrainState {
         if !result.loss.is_finite() {
             // No update; the row still needs one entry per trained tensor to be written.
             let norm = |x: &[f32]| sum_of_squares(x).sqrt() as f32;
-            let specs = cfg.model.param_specs();
-            let trained = specs.iter().zip(&self.params).filter(|(s, _)| s.trained);
-            row.tensors = trained
+            row.tensors = trained(cfg, &self.params)
                 .zip(&result.grads)
-                .map(|((_, p), g)| digitlab_snapshots::TensorStats {
+                .map(|(p, g)| digitlab_snapshots::TensorStats {
                     grad_norm: norm(g),
                     weight_norm: norm(&p.data),
                     update_norm: 0.0,
@@ -167,17 +149,13 @@ impl TrainState {
                 .collect();
             return Ok((row, result.grads));
         }
-        let specs = cfg.model.param_specs();
-        let mut trained: Vec<&mut [f32]> = specs
-            .iter()
-            .zip(self.params.iter_mut())
-            .filter(|(s, _)| s.trained)
-            .map(|(_, p)| p.data.as_mut_slice())
+        let mut weights: Vec<&mut [f32]> = trained(cfg, &mut self.params)
+            .map(|p| p.data.as_mut_slice())
             .collect();
         let scale = cfg.optimizer.clip_scale(grad_norm);
         row.tensors = self
             .adam
-            .update(&cfg.optimizer, lr, &mut trained, &result.grads, scale);
+            .update(&cfg.optimizer, lr, &mut weights, &result.grads, scale);
         self.batch += 1;
         if let Some(p) = cfg.perturbation.as_ref().filter(|p| p.batch == self.batch) {
             self.perturb(cfg, p);
@@ -185,17 +163,27 @@ impl TrainState {
         Ok((row, result.grads))
     }
 
-    /// Scales the perturbed group (a whole tensor, or head `h` of a `[head, …]` tensor), so
+    /// Scales the perturbed group (a whole tensor, or one head of an attention matrix), so
     /// that the weights of batch `p.batch` (its snapshot and log row) carry the perturbation.
     fn perturb(&mut self, cfg: &TrainConfig, p: &Perturbation) {
-        let (name, head) = p.tensor_and_head();
-        let n_heads = cfg.model.n_heads;
-        if let Some(t) = self.params.iter_mut().find(|t| t.name == name) {
-            let per_head = t.data.len() / n_heads;
-            let range = head.map_or(0..t.data.len(), |h| h * per_head..(h + 1) * per_head);
-            t.data[range].iter_mut().for_each(|x| *x *= p.factor);
+        // `TrainConfig::validate` has checked the group's name.
+        if let Ok(group) = cfg.model.param_group(&p.group) {
+            self.params[group.param].data[group.range]
+                .iter_mut()
+                .for_each(|x| *x *= p.factor);
         }
     }
+}
+
+/// The trained tensors among `items`, which follow the state dict (`param_specs` order): the
+/// tensors AdamW updates, in the order of their gradients and moments.
+fn trained<T>(cfg: &TrainConfig, items: impl IntoIterator<Item = T>) -> impl Iterator<Item = T> {
+    cfg.model
+        .param_specs()
+        .into_iter()
+        .zip(items)
+        .filter(|(s, _)| s.trained)
+        .map(|(_, item)| item)
 }
 
 /// A new run directory at `dir` for `cfg` (validated first, so nothing is written for a bad
@@ -205,11 +193,7 @@ pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, Trai
     let run = RunDir::create(dir, &serde_json::to_value(cfg)?)?;
     let log = TrainLog {
         digits: cfg.task.targets.clone(),
-        tensor_names: cfg
-            .model
-            .param_specs()
-            .into_iter()
-            .filter(|s| s.trained)
+        tensor_names: trained(cfg, cfg.model.param_specs())
             .map(|s| s.name)
             .collect(),
         rows: Vec::new(),
@@ -225,13 +209,7 @@ pub fn resume_run(
     steps: Option<u64>,
 ) -> Result<(TrainConfig, RunDir, TrainState, TrainLog)> {
     let mut run = RunDir::open(dir)?;
-    let config_path = dir.join("config.json");
-    let mut cfg: TrainConfig = serde_json::from_value(run.config().clone()).with_context(|| {
-        format!(
-            "{} is not a digitlab training config",
-            config_path.display()
-        )
-    })?;
+    let mut cfg = TrainConfig::from_run(&run)?;
     if let Some(steps) = steps {
         cfg.steps = steps;
     }

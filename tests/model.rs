@@ -1,4 +1,4 @@
-//! The model of spec section 2: parameter names and shapes (1 and 2 layers), the 130 trained
+//! The model of docs/metrics.md, 'The model': parameter names and shapes (1 and 2 layers), the 130 trained
 //! parameters of d_model 2 / 2 heads, the initial weight statistics; the general forward pass
 //! (`Transformer::forward`) against an independent f64 implementation written here (logits and
 //! every cached activation, 1 and 2 layers, random biases so the bias paths count), its
@@ -6,23 +6,18 @@
 //! (`Transformer::last_position_logits`) against the general path (logits and gradients of a
 //! cross-entropy loss w.r.t. every parameter); and the hooks (cache, zero, mean, replace).
 
+mod common;
+
+use common::one_thread;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use digitlab::model::{Hooks, Intervention, ModelConfig, Transformer};
+use digitlab::model::{HookPoint, Hooks, Intervention, ModelConfig, Transformer};
 use digitlab::task::{training_batch, Layout, TaskConfig};
 use digitlab_snapshots::NamedTensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-/// One thread for candle, as the `train` binary sets it (candle's spinning element-wise pool
-/// is many times slower on a busy 2-core machine). Every test calls this before any candle
-/// operation; `Once` makes the others wait, so no test reads the environment while it changes.
-fn one_thread() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| digitlab::threads::set_threads(1));
-}
 
 // ---------------------------------------------------------------------------------------------
 // Configurations and parameters
@@ -84,7 +79,7 @@ fn spec_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     list
 }
 
-/// Attention and unembedding biases are not trained by default (spec section 2).
+/// Attention and unembedding biases are not trained (docs/metrics.md, 'The model').
 fn untrained_by_spec(name: &str) -> bool {
     name.contains(".attn.b_") || name == "unembed.b_U"
 }
@@ -153,7 +148,7 @@ struct Act {
 /// A hook of the reference model: sees (and may change) each activation by name.
 type RefHook<'a> = &'a mut dyn FnMut(&str, &mut Act);
 
-/// The model of spec section 2 in plain f64 loops. Returns the logits `[batch, pos, d_vocab_out]`
+/// The model of docs/metrics.md, 'The model', in plain f64 loops. Returns the logits `[batch, pos, d_vocab_out]`
 /// and every activation by TransformerLens hook name (after the hook ran).
 fn reference_forward(
     cfg: &ModelConfig,
@@ -878,6 +873,55 @@ fn cached_attention_pattern_is_causal_and_normalised() {
         }
         // The first position can only attend to itself.
         assert!((0..10 * 4).all(|bh| p[bh * n * n] == 1.0));
+    }
+}
+
+#[test]
+fn hook_points_are_the_names_the_forward_pass_caches_and_no_others() {
+    one_thread();
+    let t = task(3, Layout::Prompt);
+    let cfg = model_config(&t, 2, 8, 2, 16);
+    let model = Transformer::from_params(&cfg, &perturbed_params(&cfg, 45), &Device::Cpu).unwrap();
+    let (_, tokens) = tokens_tensor(&t, 45, 4);
+    let mut all = Hooks::none().cache_everything();
+    model.forward(&tokens, &mut all).unwrap();
+    let mut cached: Vec<String> = all.cache.keys().cloned().collect();
+    let mut listed: Vec<String> = cfg.hook_points().into_iter().map(HookPoint::name).collect();
+    cached.sort();
+    listed.sort();
+    assert_eq!(cached, listed);
+    assert_eq!(listed.len(), 2 + 2 * 13);
+    // The constructor spells the TransformerLens name.
+    assert_eq!(HookPoint::Pattern(1).name(), "blocks.1.attn.hook_pattern");
+    let mut one = Hooks::none().cache(HookPoint::MlpPost(0));
+    model.forward(&tokens, &mut one).unwrap();
+    assert_eq!(
+        one.cached(HookPoint::MlpPost(0)).unwrap().dims(),
+        [4, t.n_ctx(), 16]
+    );
+
+    // As in TransformerLens, a name that is not a hook point is an error, whether misspelled
+    // or of a layer the model does not have, for caching and for interventions.
+    for (mut hooks, bad) in [
+        (
+            Hooks::none().cache("blocks.0.attn.hook_patern"),
+            "blocks.0.attn.hook_patern",
+        ),
+        (
+            Hooks::none().intervene("blocks.2.hook_attn_out", Intervention::Zero),
+            "blocks.2.hook_attn_out",
+        ),
+    ] {
+        let err = model.forward(&tokens, &mut hooks).unwrap_err().to_string();
+        assert!(
+            err.contains(bad) && err.contains("not a hook point"),
+            "{err}"
+        );
+        let err = model
+            .logits_at(&tokens, &[0], &mut hooks)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(bad), "{err}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! The addition task of spec section 1, checked against plain `u64` arithmetic written here:
+//! The addition task of docs/metrics.md, 'The task', checked against plain `u64` arithmetic written here:
 //! the labels of every answer digit (true digit, naive digit, carry-in, carry kind) on random
 //! pairs for n = 1..9 and on hand-worked edge cases (99999 + 1, 0 + 0, chains of 9s); the
 //! token layout of both layouts (where `+`, `=` and the answer digits sit, and which position
@@ -22,7 +22,7 @@ fn digit(x: u64, k: usize) -> u64 {
 }
 
 /// The labels of answer digit `k` of `a + b` (`n`-digit operands), from integer arithmetic and
-/// the definitions of spec section 1 only.
+/// the definitions of docs/metrics.md, 'The task' and 'Labels', only.
 fn oracle(n: usize, a: u64, b: u64, k: usize) -> Labels {
     let s = a + b;
     let true_digit = digit(s, k);
@@ -441,4 +441,20 @@ fn task_validation() {
         .is_err(),
         "prompt reads one digit"
     );
+}
+
+#[test]
+fn layout_names_are_those_of_config_json_and_the_command_line() {
+    use clap::ValueEnum;
+    for layout in [Layout::Prompt, Layout::Answer] {
+        assert_eq!(
+            serde_json::to_value(layout).unwrap(),
+            serde_json::json!(layout.name())
+        );
+        assert_eq!(
+            layout.to_possible_value().unwrap().get_name(),
+            layout.name()
+        );
+    }
+    assert_ne!(Layout::Prompt.name(), Layout::Answer.name());
 }

@@ -5,6 +5,9 @@
 //! status 2, names the problem and writes nothing; the parameter count is printed (130 for
 //! d_model 2, 2 heads); a diverging run stops with a message naming the batch.
 
+mod common;
+
+use common::scratch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -27,15 +30,6 @@ const SMALL: [&str; 9] = [
 
 fn train() -> Command {
     Command::new(env!("CARGO_BIN_EXE_train"))
-}
-
-/// A fresh scratch folder for one test (removed first if a previous run left it).
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("train-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn run(args: &[&str]) -> Output {

@@ -5,7 +5,9 @@
 //! (loss, per-digit losses, logsumexp, norms, lr) agree with an f64 computation written here
 //! from the model's own logits and the weights before and after the step.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{one_thread, scratch};
 
 use candle_core::{Device, Tensor};
 use digitlab::config::TrainConfig;
@@ -13,14 +15,6 @@ use digitlab::model::{Hooks, Transformer};
 use digitlab::task::{training_batch, Layout, TaskConfig};
 use digitlab::train::TrainState;
 use digitlab_snapshots::RunDir;
-
-/// One thread for candle, as the `train` binary sets it (candle's spinning element-wise pool
-/// is many times slower on a busy 2-core machine). Every test calls this before any candle
-/// operation; `Once` makes the others wait, so no test reads the environment while it changes.
-fn one_thread() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| digitlab::threads::set_threads(1));
-}
 
 fn config(task: TaskConfig, d_model: usize, n_heads: usize, batch_size: usize) -> TrainConfig {
     let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
@@ -35,14 +29,6 @@ fn units_digit() -> TaskConfig {
         layout: Layout::Prompt,
         targets: vec![0],
     }
-}
-
-/// A fresh, empty scratch folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("training-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 fn bits(state: &TrainState) -> Vec<Vec<u32>> {
@@ -129,7 +115,7 @@ fn check_round_trip(cfg: &TrainConfig, name: &str) {
     assert_eq!(bits(&restored), bits(&original));
 
     // Through a checkpoint file (which comes back with its tensors sorted by name).
-    let dir = scratch(name);
+    let dir = scratch(name).join("run");
     let mut run = RunDir::create(&dir, &serde_json::to_value(cfg).unwrap()).unwrap();
     let entry = run.write_checkpoint(&checkpoint).unwrap();
     let reopened = RunDir::open(&dir).unwrap();

@@ -9,7 +9,7 @@ pub enum RunError {
     /// The folder is not a run directory: one of its required files is missing.
     #[error(
         "{} is not a digitlab run directory: {} is missing; \
-         point to a folder created by `digitlab train`",
+         point to a folder created by the `train` binary",
         .root.display(),
         .missing.display()
     )]

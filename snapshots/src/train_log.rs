@@ -35,7 +35,8 @@ const TENSOR_STATS: [Field<TensorStats>; 3] = [
 pub struct TensorStats {
     /// L2 norm of the gradient.
     pub grad_norm: f32,
-    /// L2 norm of the weights after the update.
+    /// L2 norm of the weights after the update of this batch (the weights of the next
+    /// snapshot), not the weights the loss was computed with.
     pub weight_norm: f32,
     /// L2 norm of the update applied by the optimizer.
     pub update_norm: f32,
@@ -80,7 +81,8 @@ impl TrainLog {
     /// The log as a data frame. Columns, in this order: `batch` (Int64), `loss`,
     /// `loss_digit_{k}` for k in `digits`, `grad_norm`, `lr`, `logsumexp_mean`,
     /// `logsumexp_max`, `saturated_fraction`, then for each tensor name t:
-    /// `grad_norm/{t}`, `weight_norm/{t}`, `update_norm/{t}` (all Float32).
+    /// `grad_norm/{t}`, `weight_norm/{t}`, `update_norm/{t}` (all Float32). `weight_norm/{t}`
+    /// is the norm of the weights after this row's update (see [`TensorStats`]).
     ///
     /// Fails with [`RunError::InvalidInput`] if digits or tensor names repeat, or a row's
     /// lists do not match them in length.

@@ -142,7 +142,7 @@ fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
         cfg.model.d_mlp,
         cfg.task.n_digits,
         cfg.task.targets,
-        format!("{:?}", cfg.task.layout).to_lowercase(),
+        cfg.task.layout.name(),
         state.batch,
         cfg.steps,
         run.root().display()

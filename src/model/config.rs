@@ -1,5 +1,7 @@
-//! The model's shape (spec section 2): TransformerLens parameter names, shapes, which ones are
+//! The model's shape (docs/metrics.md, 'The model'): TransformerLens parameter names, shapes, which ones are
 //! trained, and Nanda-style initialisation.
+
+use std::ops::Range;
 
 use anyhow::{bail, Result};
 use digitlab_snapshots::NamedTensor;
@@ -28,6 +30,33 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     pub trained: bool,
     pub init_std: f64,
+}
+
+/// A parameter group: a whole trained tensor, or one head of an attention weight matrix
+/// (`blocks.0.attn.W_Q[2]`, the `[head, …]` tensors). What `--perturb` scales and what spike
+/// attribution credits; [`ModelConfig::param_groups`] partitions the trained parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamGroup {
+    /// The tensor's name, with `[head]` for one head.
+    pub name: String,
+    /// Index of the tensor in the state dict (`param_specs` order).
+    pub param: usize,
+    /// Index of the tensor among the trained ones (gradient and AdamW moment order).
+    pub trained: usize,
+    /// The group's elements in the flattened tensor.
+    pub range: Range<usize>,
+}
+
+impl ParamSpec {
+    /// Whether the tensor's first axis is the head (`W_Q`, `W_K`, `W_V`, `W_O`), so that it
+    /// splits into one group per head.
+    pub fn is_per_head(&self) -> bool {
+        self.name.contains(".attn.W_")
+    }
+
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
 }
 
 impl ModelConfig {
@@ -107,6 +136,91 @@ impl ModelConfig {
             0.0,
         ));
         specs
+    }
+
+    /// The groups that partition the trained parameters: attention weight matrices per head,
+    /// every other trained tensor whole, in state-dict order.
+    pub fn param_groups(&self) -> Vec<ParamGroup> {
+        let specs = self.param_specs();
+        let trained = specs.iter().enumerate().filter(|(_, s)| s.trained);
+        let mut groups = Vec::new();
+        for (trained, (param, spec)) in trained.enumerate() {
+            if spec.is_per_head() {
+                groups.extend(
+                    (0..self.n_heads).map(|head| self.head_group(spec, param, trained, head)),
+                );
+            } else {
+                groups.push(ParamGroup {
+                    name: spec.name.clone(),
+                    param,
+                    trained,
+                    range: 0..spec.len(),
+                });
+            }
+        }
+        groups
+    }
+
+    /// The group called `name`: a trained tensor's name, whole, or an attention weight matrix
+    /// with a head, `blocks.0.attn.W_Q[2]`. The error says what is wrong with the name.
+    pub fn param_group(&self, name: &str) -> Result<ParamGroup> {
+        let (tensor, head) = match name.split_once('[') {
+            Some((tensor, head)) => {
+                let Some(head) = head.strip_suffix(']').and_then(|h| h.parse::<usize>().ok())
+                else {
+                    bail!("`{name}`: a head is written as a number in brackets, e.g. {tensor}[0]");
+                };
+                (tensor, Some(head))
+            }
+            None => (name, None),
+        };
+        let specs = self.param_specs();
+        let Some(param) = specs.iter().position(|s| s.name == tensor) else {
+            bail!("no parameter named {tensor}");
+        };
+        let spec = &specs[param];
+        if !spec.trained {
+            bail!("{tensor} is not trained (it stays zero), so it is not a parameter group");
+        }
+        let trained = specs[..param].iter().filter(|s| s.trained).count();
+        match head {
+            None => Ok(ParamGroup {
+                name: name.to_string(),
+                param,
+                trained,
+                range: 0..spec.len(),
+            }),
+            Some(_) if !spec.is_per_head() => bail!("{tensor} has no heads"),
+            Some(h) if h >= self.n_heads => {
+                bail!(
+                    "{tensor} has no head {h} (the model has {} heads)",
+                    self.n_heads
+                )
+            }
+            Some(h) => Ok(self.head_group(spec, param, trained, h)),
+        }
+    }
+
+    fn head_group(
+        &self,
+        spec: &ParamSpec,
+        param: usize,
+        trained: usize,
+        head: usize,
+    ) -> ParamGroup {
+        let size = spec.len() / self.n_heads;
+        ParamGroup {
+            name: format!("{}[{head}]", spec.name),
+            param,
+            trained,
+            range: head * size..(head + 1) * size,
+        }
+    }
+
+    /// Every hook point of the model, in the order of the forward pass: the names
+    /// [`crate::model::Hooks`] accepts for it.
+    pub fn hook_points(&self) -> Vec<crate::model::HookPoint> {
+        crate::model::HookPoint::all(self.n_layers)
     }
 
     /// The number of trained parameters (130 for d_model 2, 2 heads, 5-digit prompt layout).

@@ -1,12 +1,16 @@
-//! Hook points: cache or replace an activation by its TransformerLens hook name.
+//! Hooks: cache or replace an activation by its TransformerLens hook name.
 //!
 //! The general forward pass calls [`Hooks::apply`] at every hook point
-//! (`hook_embed`, `blocks.0.attn.hook_pattern`, `blocks.0.mlp.hook_post`, …), so analyses can
-//! read activations and ablate them without a second copy of the model code.
+//! (`hook_embed`, `blocks.0.attn.hook_pattern`, `blocks.0.mlp.hook_post`, …, listed by
+//! [`HookPoint`]), so analyses can read activations and ablate them without a second copy of
+//! the model code. As in TransformerLens, a name that is not a hook point of the model is an
+//! error (the forward pass refuses it), not a hook that never fires.
 
 use std::collections::{HashMap, HashSet};
 
 use candle_core::{Result, Tensor};
+
+use super::HookPoint;
 
 /// What to put in place of an activation.
 #[derive(Clone, Debug)]
@@ -35,9 +39,10 @@ impl Hooks {
         Hooks::default()
     }
 
-    /// Caches the activation at `name` (after any intervention there).
-    pub fn cache(mut self, name: &str) -> Hooks {
-        self.cache_names.insert(name.to_string());
+    /// Caches the activation at `name` (after any intervention there): a [`HookPoint`] or its
+    /// name.
+    pub fn cache(mut self, name: impl Into<String>) -> Hooks {
+        self.cache_names.insert(name.into());
         self
     }
 
@@ -47,10 +52,32 @@ impl Hooks {
         self
     }
 
-    /// Replaces the activation at `name`.
-    pub fn intervene(mut self, name: &str, intervention: Intervention) -> Hooks {
-        self.interventions.insert(name.to_string(), intervention);
+    /// Replaces the activation at `name` (a [`HookPoint`] or its name).
+    pub fn intervene(mut self, name: impl Into<String>, intervention: Intervention) -> Hooks {
+        self.interventions.insert(name.into(), intervention);
         self
+    }
+
+    /// The activation cached at `hook`, if it was asked for and the forward pass has run.
+    pub fn cached(&self, hook: HookPoint) -> Option<&Tensor> {
+        self.cache.get(&hook.name())
+    }
+
+    /// An error naming the first hook asked for that is not among `valid` (the hook points of
+    /// the model about to run).
+    pub fn check(&self, valid: &HashSet<String>) -> Result<()> {
+        let asked = self.cache_names.iter().chain(self.interventions.keys());
+        match asked.into_iter().find(|name| !valid.contains(*name)) {
+            None => Ok(()),
+            Some(name) => {
+                let mut names: Vec<&str> = valid.iter().map(String::as_str).collect();
+                names.sort_unstable();
+                candle_core::bail!(
+                    "`{name}` is not a hook point of this model; its hook points are {}",
+                    names.join(", ")
+                )
+            }
+        }
     }
 
     /// Applies the intervention registered at `name`, caches the result if asked, returns it.

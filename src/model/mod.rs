@@ -1,4 +1,4 @@
-//! The transformer of spec section 2: one struct per module with `new(vb)` and `forward`, as in
+//! The transformer of docs/metrics.md, 'The model': one struct per module with `new(vb)` and `forward`, as in
 //! candle-transformers, with TransformerLens parameter and hook names.
 //!
 //! [`Transformer::forward`] is the general path: every position, any number of layers, hooks
@@ -6,13 +6,15 @@
 //! training path for one-layer prompt-layout models; a test holds the two to the same function.
 
 mod config;
+mod hook_point;
 mod hooks;
 mod last_position;
 
-pub use config::{ModelConfig, ParamSpec};
+pub use config::{ModelConfig, ParamGroup, ParamSpec};
+pub use hook_point::HookPoint;
 pub use hooks::{Hooks, Intervention};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -28,11 +30,11 @@ pub struct Attention {
     b_k: Tensor,
     b_v: Tensor,
     b_o: Tensor,
-    prefix: String,
+    layer: usize,
 }
 
 impl Attention {
-    pub fn new(cfg: &ModelConfig, vb: VarBuilder, prefix: String) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder, layer: usize) -> Result<Self> {
         let (d, h, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head());
         Ok(Self {
             w_q: vb.get((h, d, dh), "W_Q")?,
@@ -43,7 +45,7 @@ impl Attention {
             b_k: vb.get((h, dh), "b_K")?,
             b_v: vb.get((h, dh), "b_V")?,
             b_o: vb.get(d, "b_O")?,
-            prefix,
+            layer,
         })
     }
 
@@ -63,28 +65,33 @@ impl Attention {
                 .broadcast_add(&b.flatten_all()?)?
                 .reshape((batch, t, h, dh))
         };
-        let q = hooks.apply(&self.name("hook_q"), project(&self.w_q, &self.b_q)?)?;
-        let k = hooks.apply(&self.name("hook_k"), project(&self.w_k, &self.b_k)?)?;
-        let v = hooks.apply(&self.name("hook_v"), project(&self.w_v, &self.b_v)?)?;
+        let q = hooks.apply(
+            &HookPoint::Q(self.layer).name(),
+            project(&self.w_q, &self.b_q)?,
+        )?;
+        let k = hooks.apply(
+            &HookPoint::K(self.layer).name(),
+            project(&self.w_k, &self.b_k)?,
+        )?;
+        let v = hooks.apply(
+            &HookPoint::V(self.layer).name(),
+            project(&self.w_v, &self.b_v)?,
+        )?;
         let heads_first = |x: Tensor| x.transpose(1, 2)?.contiguous(); // [batch, head, pos, d_head]
         let (q, k, v) = (heads_first(q)?, heads_first(k)?, heads_first(v)?);
         let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
         let scores = scores.broadcast_add(&causal_mask(t, scores.device())?)?;
-        let scores = hooks.apply(&self.name("hook_attn_scores"), scores)?;
+        let scores = hooks.apply(&HookPoint::AttnScores(self.layer).name(), scores)?;
         let pattern = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let pattern = hooks.apply(&self.name("hook_pattern"), pattern)?;
+        let pattern = hooks.apply(&HookPoint::Pattern(self.layer).name(), pattern)?;
         let z = pattern.matmul(&v)?.transpose(1, 2)?.contiguous()?; // [batch, pos, head, d_head]
-        let z = hooks.apply(&self.name("hook_z"), z)?;
+        let z = hooks.apply(&HookPoint::Z(self.layer).name(), z)?;
         // Sum over heads of z_h W_O[h]: one product with W_O as [head * d_head, d_model].
         let out = rows_matmul(
             &z.reshape((batch, t, h * dh))?,
             &self.w_o.reshape((h * dh, d))?,
         )?;
         out.broadcast_add(&self.b_o)
-    }
-
-    fn name(&self, hook: &str) -> String {
-        format!("{}.{hook}", self.prefix)
     }
 }
 
@@ -111,26 +118,26 @@ pub struct Mlp {
     b_in: Tensor,
     w_out: Tensor,
     b_out: Tensor,
-    prefix: String,
+    layer: usize,
 }
 
 impl Mlp {
-    pub fn new(cfg: &ModelConfig, vb: VarBuilder, prefix: String) -> Result<Self> {
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder, layer: usize) -> Result<Self> {
         let (d, m) = (cfg.d_model, cfg.d_mlp);
         Ok(Self {
             w_in: vb.get((d, m), "W_in")?,
             b_in: vb.get(m, "b_in")?,
             w_out: vb.get((m, d), "W_out")?,
             b_out: vb.get(d, "b_out")?,
-            prefix,
+            layer,
         })
     }
 
     /// `x: [..., d_model]` -> `[..., d_model]`.
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
         let pre = rows_matmul(x, &self.w_in)?.broadcast_add(&self.b_in)?;
-        let pre = hooks.apply(&format!("{}.hook_pre", self.prefix), pre)?;
-        let post = hooks.apply(&format!("{}.hook_post", self.prefix), pre.relu()?)?;
+        let pre = hooks.apply(&HookPoint::MlpPre(self.layer).name(), pre)?;
+        let post = hooks.apply(&HookPoint::MlpPost(self.layer).name(), pre.relu()?)?;
         rows_matmul(&post, &self.w_out)?.broadcast_add(&self.b_out)
     }
 }
@@ -139,28 +146,27 @@ impl Mlp {
 pub struct Block {
     attn: Attention,
     mlp: Mlp,
-    prefix: String,
+    layer: usize,
 }
 
 impl Block {
     pub fn new(cfg: &ModelConfig, vb: VarBuilder, layer: usize) -> Result<Self> {
-        let prefix = format!("blocks.{layer}");
         Ok(Self {
-            attn: Attention::new(cfg, vb.pp("attn"), format!("{prefix}.attn"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"), format!("{prefix}.mlp"))?,
-            prefix,
+            attn: Attention::new(cfg, vb.pp("attn"), layer)?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), layer)?,
+            layer,
         })
     }
 
     pub fn forward(&self, resid_pre: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
-        let p = &self.prefix;
-        let resid_pre = hooks.apply(&format!("{p}.hook_resid_pre"), resid_pre.clone())?;
+        let l = self.layer;
+        let resid_pre = hooks.apply(&HookPoint::ResidPre(l).name(), resid_pre.clone())?;
         let attn_out = self.attn.forward(&resid_pre, hooks)?;
-        let attn_out = hooks.apply(&format!("{p}.hook_attn_out"), attn_out)?;
-        let resid_mid = hooks.apply(&format!("{p}.hook_resid_mid"), (resid_pre + attn_out)?)?;
+        let attn_out = hooks.apply(&HookPoint::AttnOut(l).name(), attn_out)?;
+        let resid_mid = hooks.apply(&HookPoint::ResidMid(l).name(), (resid_pre + attn_out)?)?;
         let mlp_out = self.mlp.forward(&resid_mid, hooks)?;
-        let mlp_out = hooks.apply(&format!("{p}.hook_mlp_out"), mlp_out)?;
-        hooks.apply(&format!("{p}.hook_resid_post"), (resid_mid + mlp_out)?)
+        let mlp_out = hooks.apply(&HookPoint::MlpOut(l).name(), mlp_out)?;
+        hooks.apply(&HookPoint::ResidPost(l).name(), (resid_mid + mlp_out)?)
     }
 }
 
@@ -172,6 +178,8 @@ pub struct Transformer {
     blocks: Vec<Block>,
     w_u: Tensor,
     b_u: Tensor,
+    /// The names [`Hooks`] may use with this model.
+    hook_names: HashSet<String>,
 }
 
 impl Transformer {
@@ -186,6 +194,7 @@ impl Transformer {
             blocks,
             w_u: vb.get((cfg.d_model, cfg.d_vocab_out), "unembed.W_U")?,
             b_u: vb.get(cfg.d_vocab_out, "unembed.b_U")?,
+            hook_names: cfg.hook_points().into_iter().map(HookPoint::name).collect(),
         })
     }
 
@@ -229,15 +238,20 @@ impl Transformer {
         self.unembed(&resid.index_select(&index, 1)?)
     }
 
-    /// The final residual stream `[batch, pos, d_model]`.
+    /// The final residual stream `[batch, pos, d_model]`; an error if `hooks` names a hook
+    /// point the model does not have.
     fn residual_stream(&self, tokens: &Tensor, hooks: &mut Hooks) -> Result<Tensor> {
+        hooks.check(&self.hook_names)?;
         let (batch, t) = tokens.dims2()?;
         let embed = self
             .w_e
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, t, ()))?;
-        let embed = hooks.apply("hook_embed", embed)?;
-        let pos_embed = hooks.apply("hook_pos_embed", self.w_pos.narrow(0, 0, t)?.unsqueeze(0)?)?;
+        let embed = hooks.apply(&HookPoint::Embed.name(), embed)?;
+        let pos_embed = hooks.apply(
+            &HookPoint::PosEmbed.name(),
+            self.w_pos.narrow(0, 0, t)?.unsqueeze(0)?,
+        )?;
         let mut resid = embed.broadcast_add(&pos_embed)?;
         for block in &self.blocks {
             resid = block.forward(&resid, hooks)?;
