@@ -22,6 +22,10 @@ use digitlab::task::{Layout, TaskConfig};
 use digitlab::train::{new_run, resume_run, train};
 use digitlab_snapshots::RunDir;
 
+#[path = "../tests/common/scratch.rs"]
+mod scratch;
+use scratch::copy_dir;
+
 const CONTEXTS: &str = "100";
 
 fn config(steps: u64) -> TrainConfig {
@@ -79,19 +83,6 @@ fn ensure_runs(base: &Path) -> (PathBuf, PathBuf) {
     assert!(is_complete(&short, &config(2500), 51));
     assert!(is_complete(&long, &config(5000), 101));
     (short, long)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// Wall seconds, peak resident memory (MiB) and CPU seconds of `analyze all` on `run`, from

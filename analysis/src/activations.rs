@@ -4,7 +4,7 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use digitlab::config::TrainConfig;
-use digitlab::model::{Hooks, Transformer};
+use digitlab::model::{HookPoint, Hooks, Transformer};
 
 use crate::eval_set::EvalSet;
 
@@ -34,11 +34,11 @@ pub fn mlp_post_at_prediction(
     set: &EvalSet,
 ) -> Result<Vec<f32>> {
     let position = cfg.task.predicting_position(set.digit);
-    let hook = format!("blocks.{}.mlp.hook_post", cfg.model.n_layers - 1);
+    let hook = HookPoint::MlpPost(cfg.model.n_layers - 1);
     chunked(cfg, set, |tokens| {
-        let mut hooks = Hooks::none().cache(&hook);
+        let mut hooks = Hooks::none().cache(hook);
         model.logits_at(tokens, &[position], &mut hooks)?;
-        let post = &hooks.cache[&hook]; // [batch, pos, d_mlp]
+        let post = hooks.cached(hook).expect("asked for"); // [batch, pos, d_mlp]
         Ok(post
             .narrow(1, position, 1)?
             .flatten_all()?

@@ -1,4 +1,5 @@
-//! The balanced evaluation set of spec section 3.
+//! The balanced evaluation set (docs/metrics.md, 'The balanced eval set'): every digit pair
+//! seen in the same contexts, so per-pair and Fourier measures compare like with like.
 //!
 //! For a digit `k < n`, `M` random contexts fix every digit except `a_k` and `b_k`, and each is
 //! crossed with all 100 pairs `(a_k, b_k)`, so every pair sees the same contexts and the Fourier

@@ -2,20 +2,23 @@
 //! loss, the naive-sum lens, Fourier excluded and restricted loss, plateaus and spikes),
 //! written as tidy Parquet tables under `runs/x/analysis/`.
 //!
-//! The metric modules (`digit_metrics`, `fourier`, `phases`, `spike_detection`) are pure
-//! functions of numbers; `replay` and `snapshot_analyses` connect them to runs.
+//! Every analysis is a pure computation plus a driver that applies it to a run:
+//! - [`metrics`]: the computations, pure functions of numbers (logits, labels, loss curves);
+//! - [`analyses`]: one driver per `analyze` subcommand, which reads a run and writes its tables;
+//! - between them, what the drivers share: [`run`] (a run opened for analysis), [`replay`]
+//!   (every selected snapshot's model, in parallel), [`eval_set`] (the balanced eval set),
+//!   [`activations`] (logits and MLP activations on it), [`attribution`] (loss changes
+//!   allocated to parameter groups) and [`table`] (the long-format rows).
 
 pub mod activations;
+pub mod analyses;
 pub mod attribution;
-pub mod digit_metrics;
 pub mod eval_set;
-pub mod fourier;
-pub mod measures;
-pub mod phases;
+pub mod metrics;
 pub mod replay;
-pub mod run_phases;
-pub mod snapshot_analyses;
-pub mod spike_detection;
-pub mod spikes;
-pub mod summary;
+pub mod run;
 pub mod table;
+
+#[cfg(test)]
+#[path = "../tests/common/rng.rs"]
+mod test_rng;

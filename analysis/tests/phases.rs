@@ -2,36 +2,15 @@
 //! drop to the carry entropy held until batch 3000, then a drop to 1e-4; sampled every 50
 //! batches like the eval snapshots and every batch with noise like the training log.
 
-use digitlab_analysis::phases::{
+use digitlab_analysis::metrics::phases::{
     carry_probability, detect_phases, reference_levels, PhaseOptions, PhaseSummary, SeriesError,
     CARRY_ENTROPY_LEVEL, LN10_LEVEL, OTHER_LEVEL, ZERO_LEVEL,
 };
 use std::f64::consts::LN_10;
 
-/// splitmix64: a seeded generator for reproducible noise without a dependency.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box-Muller).
-    fn normal(&mut self) -> f64 {
-        let u = 1.0 - self.uniform();
-        let v = self.uniform();
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::SplitMix64;
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -59,7 +38,7 @@ fn batches(step: u64, last: u64) -> Vec<u64> {
 }
 
 fn noisy(batches: &[u64], curve: impl Fn(u64) -> f64, sigma: f64, seed: u64) -> Vec<f64> {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     batches
         .iter()
         .map(|&b| curve(b) * (sigma * rng.normal()).exp())

@@ -1,26 +1,14 @@
 //! Spike detection on synthetic per-batch training logs: a smooth exponential decay with seeded
 //! noise of ±0.1 in log10, with and without injected spikes.
 
-use digitlab_analysis::phases::SeriesError;
-use digitlab_analysis::spike_detection::{detect_spikes, Spike, SpikeOptions, SpikeOutcome};
+use digitlab_analysis::metrics::phases::SeriesError;
+use digitlab_analysis::metrics::spike_detection::{
+    detect_spikes, Spike, SpikeOptions, SpikeOutcome,
+};
 
-/// splitmix64: a seeded generator for reproducible noise without a dependency.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn symmetric(&mut self) -> f64 {
-        2.0 * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) - 1.0
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::SplitMix64;
 
 const BATCHES: u64 = 20_000;
 
@@ -32,7 +20,7 @@ fn trend_log10(batch: u64) -> f64 {
 
 /// The decay with uniform noise of ±0.1 in log10.
 fn decay_log10(seed: u64) -> Vec<f64> {
-    let mut rng = SplitMix(seed);
+    let mut rng = SplitMix64::new(seed);
     (0..BATCHES)
         .map(|b| trend_log10(b) + 0.1 * rng.symmetric())
         .collect()

@@ -3,19 +3,22 @@
 //! the logged losses bit for bit; LCA adds up to the loss change on ordinary steps; a run
 //! without a training log or without a checkpoint before the spike gets a clear error.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use candle_core::{Device, Tensor};
+use common::{setup, train_run, Scratch};
 use digitlab::config::{Perturbation, TrainConfig};
+use digitlab::model::{Hooks, Transformer};
 use digitlab::task::{Layout, TaskConfig};
-use digitlab::train::{new_run, train, TrainState};
-use digitlab_analysis::attribution::{
-    allocate_step, parameter_groups, EvalLoss, LCA_FLOOR, LCA_TOLERANCE,
-};
+use digitlab::train::TrainState;
+use digitlab_analysis::analyses::spikes::{analyze_spikes, SpikeAnalysisOptions};
+use digitlab_analysis::attribution::{allocate_step, EvalLoss, LCA_FLOOR, LCA_TOLERANCE};
 use digitlab_analysis::eval_set::EvalSet;
-use digitlab_analysis::replay::Run;
-use digitlab_analysis::spike_detection::SpikeOptions;
-use digitlab_analysis::spikes::{analyze_spikes, SpikeAnalysisOptions};
-use digitlab_snapshots::{read_parquet, RunDir};
+use digitlab_analysis::metrics::spike_detection::SpikeOptions;
+use digitlab_analysis::run::Run;
+use digitlab_snapshots::{read_parquet, NamedTensor, RunDir};
 
 fn config(steps: u64, perturbation: Option<Perturbation>) -> TrainConfig {
     let task = TaskConfig {
@@ -30,13 +33,35 @@ fn config(steps: u64, perturbation: Option<Perturbation>) -> TrainConfig {
     cfg
 }
 
-fn make_run(name: &str, cfg: &TrainConfig) -> PathBuf {
-    digitlab::threads::set_threads(1);
-    let dir = std::env::temp_dir().join(format!("digitlab-spikes-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (run, state, log) = new_run(cfg, &dir).unwrap();
-    train(cfg, run, state, log, false).unwrap();
-    dir
+/// Trains `cfg` into a fresh scratch folder; returns the folder and the run directory in it.
+fn make_run(name: &str, cfg: &TrainConfig) -> (Scratch, PathBuf) {
+    setup();
+    let scratch = Scratch::new(&format!("spikes-{name}"));
+    let dir = scratch.path().join("run");
+    train_run(&dir, cfg);
+    (scratch, dir)
+}
+
+/// The eval loss of the units digit at `params`, from the model's general forward pass (not
+/// the training path the attribution uses) and a plain f64 cross-entropy.
+fn eval_loss_by_hand(cfg: &TrainConfig, params: &[NamedTensor], set: &EvalSet) -> f64 {
+    let model = Transformer::from_params(&cfg.model, params, &Device::Cpu).unwrap();
+    let n_ctx = cfg.task.n_ctx();
+    let tokens = Tensor::from_slice(&set.batch.tokens, (set.len(), n_ctx), &Device::Cpu).unwrap();
+    let logits = model
+        .forward(&tokens, &mut Hooks::none())
+        .unwrap()
+        .to_vec3::<f32>()
+        .unwrap();
+    let position = cfg.task.predicting_position(0);
+    let mut sum = 0.0;
+    for (example, labels) in logits.iter().zip(&set.labels) {
+        let z: Vec<f64> = example[position].iter().map(|&x| f64::from(x)).collect();
+        let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        sum += lse - z[usize::from(labels.true_digit)];
+    }
+    sum / set.len() as f64
 }
 
 fn options() -> SpikeAnalysisOptions {
@@ -55,6 +80,16 @@ fn text_column(df: &polars::prelude::DataFrame, name: &str) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|s| s.unwrap_or("").to_string())
+        .collect()
+}
+
+fn int_column(df: &polars::prelude::DataFrame, name: &str) -> Vec<i64> {
+    df.column(name)
+        .unwrap()
+        .i64()
+        .unwrap()
+        .iter()
+        .flatten()
         .collect()
 }
 
@@ -79,24 +114,19 @@ fn an_injected_spike_is_found_and_attributed_to_its_head() {
             factor: 10.0,
         }),
     );
-    let dir = make_run("injected", &cfg);
+    let (_scratch, dir) = make_run("injected", &cfg);
     let run = Run::open(&dir).unwrap();
     let report = analyze_spikes(&run, &options()).unwrap();
     assert!(report.iter().any(|l| l.contains(head)), "{report:?}");
 
     let spikes = read_parquet(&run.dir.analysis_path("spikes")).unwrap();
-    let onsets: Vec<i64> = spikes
-        .column("onset")
-        .unwrap()
-        .i64()
-        .unwrap()
+    let (onsets, spike_of_table) = (int_column(&spikes, "onset"), int_column(&spikes, "spike"));
+    // The spike the perturbation made: the one that opens at its batch.
+    let injected = onsets
         .iter()
-        .flatten()
-        .collect();
-    assert!(
-        onsets.iter().any(|&o| (699..=701).contains(&o)),
-        "onsets {onsets:?}"
-    );
+        .position(|o| (699..=701).contains(o))
+        .map(|i| spike_of_table[i])
+        .unwrap_or_else(|| panic!("no spike opens near batch 700; onsets {onsets:?}"));
 
     let attribution = read_parquet(&run.dir.analysis_path("spike_attribution")).unwrap();
     let (groups, methods, phases) = (
@@ -105,15 +135,11 @@ fn an_injected_spike_is_found_and_attributed_to_its_head() {
         text_column(&attribution, "phase"),
     );
     let values = float_column(&attribution, "value");
-    let spike_ids: Vec<i64> = attribution
-        .column("spike")
-        .unwrap()
-        .i64()
-        .unwrap()
-        .iter()
-        .flatten()
-        .collect();
-    let injected = spike_ids[values.iter().position(|_| true).unwrap()];
+    let spike_ids = int_column(&attribution, "spike");
+    assert!(
+        spike_ids.contains(&injected),
+        "the injected spike {injected} was not attributed (attributed: {spike_ids:?})"
+    );
     let best = |method: &str, phase: &str, largest: bool| {
         let mut rows: Vec<(String, f64)> = (0..values.len())
             .filter(|&i| {
@@ -135,13 +161,12 @@ fn an_injected_spike_is_found_and_attributed_to_its_head() {
     };
     assert_eq!(best("lca", "rise", true), head);
     assert_eq!(best("revert_one", "peak", false), head);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn replay_reproduces_the_log_and_lca_adds_up_on_ordinary_steps() {
     let cfg = config(400, None);
-    let dir = make_run("lca", &cfg);
+    let (_scratch, dir) = make_run("lca", &cfg);
     let run = RunDir::open(&dir).unwrap();
     let log = run.read_train_log().unwrap().unwrap();
     let entry = run
@@ -158,7 +183,7 @@ fn replay_reproduces_the_log_and_lca_adds_up_on_ordinary_steps() {
         cfg: cfg.clone(),
         batch: &set.batch,
     };
-    let groups = parameter_groups(&cfg);
+    let groups = cfg.model.param_groups();
     let mut before = state.params.clone();
     let mut point = eval.loss_and_grads(&before).unwrap();
     let mut steps_checked = 0;
@@ -174,8 +199,16 @@ fn replay_reproduces_the_log_and_lca_adds_up_on_ordinary_steps() {
         let a = allocate_step(&eval, &groups, &before, &state.params, &point, &next).unwrap();
         let change = a.loss_after - a.loss_before;
         let total: f64 = a.per_group.iter().sum();
-        // Independent check of the endpoints: the allocation's losses are the eval losses.
-        assert_eq!(a.loss_before, point.0);
+        // The allocation's endpoints are the eval losses, as an f64 cross-entropy over the
+        // general forward pass computes them (the float32 paths differ by rounding only).
+        for (got, params) in [(a.loss_before, &before), (a.loss_after, &state.params)] {
+            let want = eval_loss_by_hand(&cfg, params, &set);
+            assert!(
+                (got - want).abs() <= 1e-5 * want.max(1.0),
+                "step {}: eval loss {got} vs {want} by hand",
+                row.batch
+            );
+        }
         assert!(
             (total - change).abs() <= LCA_TOLERANCE * change.abs() + LCA_FLOOR,
             "step {}: {total} vs {change}",
@@ -186,7 +219,6 @@ fn replay_reproduces_the_log_and_lca_adds_up_on_ordinary_steps() {
         steps_checked += 1;
     }
     assert_eq!(steps_checked, 30);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn error_of(dir: &Path) -> String {
@@ -207,7 +239,7 @@ fn missing_log_or_checkpoint_is_a_clear_error() {
             factor: 4.0,
         }),
     );
-    let dir = make_run("bad", &cfg);
+    let (_scratch, dir) = make_run("bad", &cfg);
     // No checkpoint before the spike: keep only the final one in the manifest.
     let manifest_path = dir.join("manifest.json");
     let mut manifest: serde_json::Value =
@@ -228,5 +260,4 @@ fn missing_log_or_checkpoint_is_a_clear_error() {
     std::fs::remove_file(dir.join("train_log.parquet")).unwrap();
     let message = error_of(&dir);
     assert!(message.contains("train_log.parquet"), "{message}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -5,15 +5,17 @@
 
 use anyhow::{Context, Result};
 use digitlab_snapshots::{read_parquet, write_parquet_atomic};
-use polars::prelude::{ChunkCompareEq, Column, DataFrame};
+use polars::df;
+use polars::prelude::{ChunkCompareEq, DataFrame};
 
-use crate::measures::SnapshotAnalysis;
-use crate::phases::{
-    carry_probability, detect_phases, reference_levels, PhaseOptions, PhaseSummary,
+use crate::analyses::snapshot::{
+    digits_to_analyse, run_snapshot_analyses, EvalOptions, SnapshotAnalysis,
+};
+use crate::metrics::phases::{
+    carry_probability, detect_phases, reference_levels, PhaseOptions, PhaseSummary, Plateau,
     CARRY_ENTROPY_LEVEL, ZERO_LEVEL,
 };
-use crate::replay::Run;
-use crate::snapshot_analyses::{digits_to_analyse, run_snapshot_analyses, EvalOptions};
+use crate::run::Run;
 
 /// The phases of one digit's curve from one source (`eval` or `train_log`).
 pub struct PhaseRecord {
@@ -122,108 +124,38 @@ fn eval_curve(loss: &DataFrame, digit: usize, eval: &EvalOptions) -> Result<(Vec
 
 /// One row per (digit, source); the columns the researcher queries.
 pub fn phases_table(run: &str, records: &[PhaseRecord]) -> Result<DataFrame> {
-    let opt = |b: Option<u64>| b.map(|b| b as i64);
-    let n = records.len();
-    Ok(DataFrame::new(
-        n,
-        vec![
-            Column::new("run".into(), vec![run.to_string(); n]),
-            Column::new(
-                "digit".into(),
-                records.iter().map(|r| r.digit as i64).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "source".into(),
-                records.iter().map(|r| r.source).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "leaves_ln10_batch".into(),
-                records
-                    .iter()
-                    .map(|r| opt(r.summary.leaves_ln10_batch))
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "reaches_carry_entropy_batch".into(),
-                records
-                    .iter()
-                    .map(|r| opt(r.reached(CARRY_ENTROPY_LEVEL)))
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "reaches_zero_batch".into(),
-                records
-                    .iter()
-                    .map(|r| opt(r.reached(ZERO_LEVEL)))
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "carry_entropy".into(),
-                records.iter().map(|r| r.carry_entropy).collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "final_loss".into(),
-                records
-                    .iter()
-                    .map(|r| r.summary.final_loss)
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "final_level".into(),
-                records
-                    .iter()
-                    .map(|r| r.summary.final_level.clone())
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "still_descending".into(),
-                records
-                    .iter()
-                    .map(|r| r.summary.still_descending)
-                    .collect::<Vec<_>>(),
-            ),
-            Column::new(
-                "n_plateaus".into(),
-                records
-                    .iter()
-                    .map(|r| r.summary.plateaus.len() as i64)
-                    .collect::<Vec<_>>(),
-            ),
-        ],
+    let batch = |b: Option<u64>| b.map(|b| b as i64);
+    let column = |f: &dyn Fn(&PhaseRecord) -> Option<u64>| {
+        records.iter().map(|r| batch(f(r))).collect::<Vec<_>>()
+    };
+    Ok(df!(
+        "run" => vec![run; records.len()],
+        "digit" => records.iter().map(|r| r.digit as i64).collect::<Vec<_>>(),
+        "source" => records.iter().map(|r| r.source).collect::<Vec<_>>(),
+        "leaves_ln10_batch" => column(&|r| r.summary.leaves_ln10_batch),
+        "reaches_carry_entropy_batch" => column(&|r| r.reached(CARRY_ENTROPY_LEVEL)),
+        "reaches_zero_batch" => column(&|r| r.reached(ZERO_LEVEL)),
+        "carry_entropy" => records.iter().map(|r| r.carry_entropy).collect::<Vec<_>>(),
+        "final_loss" => records.iter().map(|r| r.summary.final_loss).collect::<Vec<_>>(),
+        "final_level" => records.iter().map(|r| r.summary.final_level.as_str()).collect::<Vec<_>>(),
+        "still_descending" => records.iter().map(|r| r.summary.still_descending).collect::<Vec<_>>(),
+        "n_plateaus" => records.iter().map(|r| r.summary.plateaus.len() as i64).collect::<Vec<_>>(),
     )?)
 }
 
 /// One row per plateau.
 fn plateaus_table(run: &str, records: &[PhaseRecord]) -> Result<DataFrame> {
-    let (mut digit, mut source, mut start, mut end, mut level, mut median) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    for r in records {
-        for p in &r.summary.plateaus {
-            digit.push(r.digit as i64);
-            source.push(r.source);
-            start.push(p.start_batch as i64);
-            end.push(p.end_batch as i64);
-            level.push(p.level.clone());
-            median.push(p.median_loss);
-        }
-    }
-    let n = digit.len();
-    Ok(DataFrame::new(
-        n,
-        vec![
-            Column::new("run".into(), vec![run.to_string(); n]),
-            Column::new("digit".into(), digit),
-            Column::new("source".into(), source),
-            Column::new("start_batch".into(), start),
-            Column::new("end_batch".into(), end),
-            Column::new("level".into(), level),
-            Column::new("median_loss".into(), median),
-        ],
+    let rows: Vec<(&PhaseRecord, &Plateau)> = records
+        .iter()
+        .flat_map(|r| r.summary.plateaus.iter().map(move |p| (r, p)))
+        .collect();
+    Ok(df!(
+        "run" => vec![run; rows.len()],
+        "digit" => rows.iter().map(|(r, _)| r.digit as i64).collect::<Vec<_>>(),
+        "source" => rows.iter().map(|(r, _)| r.source).collect::<Vec<_>>(),
+        "start_batch" => rows.iter().map(|(_, p)| p.start_batch as i64).collect::<Vec<_>>(),
+        "end_batch" => rows.iter().map(|(_, p)| p.end_batch as i64).collect::<Vec<_>>(),
+        "level" => rows.iter().map(|(_, p)| p.level.as_str()).collect::<Vec<_>>(),
+        "median_loss" => rows.iter().map(|(_, p)| p.median_loss).collect::<Vec<_>>(),
     )?)
 }

@@ -8,10 +8,10 @@ use anyhow::{bail, Result};
 use digitlab_snapshots::write_parquet_atomic;
 use polars::prelude::{Column, DataFrame};
 
-use crate::phases::PhaseOptions;
-use crate::replay::Run;
-use crate::run_phases::{phases_table, run_phases};
-use crate::snapshot_analyses::EvalOptions;
+use crate::analyses::phases::{phases_table, run_phases};
+use crate::analyses::snapshot::EvalOptions;
+use crate::metrics::phases::PhaseOptions;
+use crate::run::Run;
 
 /// Runs `phases` on every run directly under `folder` and writes the joined table; returns
 /// its path and the runs skipped with the reason.
@@ -72,10 +72,7 @@ fn config_columns(run: &Run, n: usize) -> Vec<Column> {
     let float = |name: &str, v: f64| Column::new(name.into(), vec![v; n]);
     vec![
         int("n_digits", c.task.n_digits as i64),
-        Column::new(
-            "layout".into(),
-            vec![format!("{:?}", c.task.layout).to_lowercase(); n],
-        ),
+        Column::new("layout".into(), vec![c.task.layout.name(); n]),
         int("n_layers", c.model.n_layers as i64),
         int("d_model", c.model.d_model as i64),
         int("n_heads", c.model.n_heads as i64),

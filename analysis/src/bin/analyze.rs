@@ -6,14 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use digitlab_analysis::measures::SnapshotAnalysis;
-use digitlab_analysis::phases::PhaseOptions;
-use digitlab_analysis::replay::{Run, Selection};
-use digitlab_analysis::run_phases::run_phases;
-use digitlab_analysis::snapshot_analyses::{run_snapshot_analyses, EvalOptions};
-use digitlab_analysis::spike_detection::SpikeOptions;
-use digitlab_analysis::spikes::{analyze_spikes, SpikeAnalysisOptions};
-use digitlab_analysis::summary::summarize;
+use digitlab_analysis::analyses::phases::run_phases;
+use digitlab_analysis::analyses::snapshot::SnapshotAnalysis;
+use digitlab_analysis::analyses::snapshot::{run_snapshot_analyses, EvalOptions};
+use digitlab_analysis::analyses::spikes::{analyze_spikes, SpikeAnalysisOptions};
+use digitlab_analysis::analyses::summary::summarize;
+use digitlab_analysis::metrics::phases::PhaseOptions;
+use digitlab_analysis::metrics::spike_detection::SpikeOptions;
+use digitlab_analysis::run::{Run, Selection};
 
 /// Replay the snapshots of a digitlab run into progress measures (Parquet, tidy long format).
 #[derive(Parser)]
@@ -50,10 +50,10 @@ struct SpikeArgs {
     /// The run directory.
     path: PathBuf,
     /// Trailing window (batches) whose median log10(loss) is the baseline.
-    #[arg(long, default_value_t = digitlab_analysis::spike_detection::DEFAULT_SPIKE_WINDOW)]
+    #[arg(long, default_value_t = digitlab_analysis::metrics::spike_detection::DEFAULT_SPIKE_WINDOW)]
     window: usize,
     /// A spike opens when log10(loss) exceeds the baseline by this (0.5 = a factor ~3).
-    #[arg(long, default_value_t = digitlab_analysis::spike_detection::DEFAULT_SPIKE_THRESHOLD)]
+    #[arg(long, default_value_t = digitlab_analysis::metrics::spike_detection::DEFAULT_SPIKE_THRESHOLD)]
     threshold: f64,
     /// Contexts (x 100 examples) of the fixed eval batch the attribution measures.
     #[arg(long, default_value_t = 10)]
@@ -106,19 +106,19 @@ struct PhaseArgs {
     #[command(flatten)]
     run: RunArgs,
     /// Width in batches of the running median and slope windows.
-    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_SMOOTHING_BATCHES)]
+    #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_SMOOTHING_BATCHES)]
     smoothing_batches: u64,
     /// Flat means |d ln(loss)/d batch| * 1000 below this.
-    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_FLAT_SLOPE)]
+    #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_FLAT_SLOPE)]
     flat_slope: f64,
     /// Shortest plateau, in batches.
-    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_MIN_PLATEAU_BATCHES)]
+    #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_MIN_PLATEAU_BATCHES)]
     min_plateau_batches: u64,
     /// A plateau takes a level's name within this distance in ln(loss).
-    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_LEVEL_TOLERANCE)]
+    #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_LEVEL_TOLERANCE)]
     level_tolerance: f64,
     /// Loss below this is the "zero" level.
-    #[arg(long, default_value_t = digitlab_analysis::phases::DEFAULT_ZERO_FLOOR)]
+    #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_ZERO_FLOOR)]
     zero_floor: f64,
 }
 

@@ -1,4 +1,4 @@
-//! Per-digit progress measures (spec section 4): loss and accuracy, split by carry kind, and the
+//! Per-digit progress measures (docs/metrics.md, 'Per-digit metrics'): loss and accuracy, split by carry kind, and the
 //! naive-sum lens that separates "which two digits can it be" (`pair_mass_loss`) from "did a
 //! carry come in" (`pair_loss`).
 //!
@@ -6,13 +6,14 @@
 //! stay finite and exact for confident models and `loss = pair_mass_loss + pair_loss` holds per
 //! example to rounding.
 
+use digitlab::log_softmax::{first_argmax, log_softmax};
 use digitlab::task::{CarryKind, Labels};
 
 /// Number of answer digits `0..9`; logits beyond these (the `+` and `=` outputs) only enter the
 /// softmax normaliser.
 const N_DIGITS: usize = 10;
 
-/// The progress measures of one target digit over an eval set (spec section 4).
+/// The progress measures of one target digit over an eval set.
 ///
 /// Means over an empty set are NaN.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,7 +41,7 @@ pub struct DigitMetrics {
     pub pair_loss: f64,
 }
 
-/// Loss and accuracy over the examples of one carry kind (spec section 4).
+/// Loss and accuracy over the examples of one carry kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CarryKindMetrics {
     pub kind: CarryKind,
@@ -49,7 +50,7 @@ pub struct CarryKindMetrics {
     pub accuracy: f64,
 }
 
-/// The spec section 4 metrics of one digit from its logits, `labels.len() × n_out` row-major.
+/// The per-digit metrics of one digit from its logits, `labels.len() × n_out` row-major.
 ///
 /// The softmax runs over all `n_out >= 10` outputs; outputs 10 and 11 (`+`, `=`) only enter the
 /// normaliser. Labels must satisfy `true_digit = (naive_digit + carry_in) mod 10`, as
@@ -143,78 +144,21 @@ pub fn digit_metrics(logits: &[f32], n_out: usize, labels: &[Labels]) -> DigitMe
     }
 }
 
-/// Writes `log softmax(logits)` into `log_p` (same length), in f64.
-///
-/// Shifting by the maximum keeps every exponential in range, and taking `ln_1p` of the other
-/// terms keeps the tiny losses of confident rows (below f64's epsilon) instead of rounding them
-/// to zero.
-pub(crate) fn log_softmax(logits: &[f32], log_p: &mut [f64]) {
-    let top = first_argmax(logits);
-    let max = f64::from(logits[top]);
-    let rest: f64 = logits
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != top)
-        .map(|(_, &x)| (f64::from(x) - max).exp())
-        .sum();
-    let log_rest = rest.ln_1p();
-    for (lp, &x) in log_p.iter_mut().zip(logits) {
-        *lp = (f64::from(x) - max) - log_rest;
-    }
-}
-
 /// `log(e^x + e^y)` without leaving the log domain.
 fn log_add_exp(x: f64, y: f64) -> f64 {
     let (hi, lo) = if x >= y { (x, y) } else { (y, x) };
     hi + (lo - hi).exp().ln_1p()
 }
 
-/// Index of the largest logit; ties go to the first.
-fn first_argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use digitlab::task::Pair;
 
-    /// SplitMix64: a small deterministic generator for test data (shared with `fourier`'s tests).
-    pub(crate) struct TestRng(u64);
-
-    impl TestRng {
-        pub(crate) fn new(seed: u64) -> TestRng {
-            TestRng(seed)
-        }
-
-        pub(crate) fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-
-        /// Uniform in `[lo, hi)`.
-        pub(crate) fn range(&mut self, lo: f64, hi: f64) -> f64 {
-            let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            lo + (hi - lo) * unit
-        }
-
-        /// Uniform in `0..n`.
-        pub(crate) fn below(&mut self, n: u64) -> u64 {
-            self.next_u64() % n
-        }
-    }
+    use crate::test_rng::SplitMix64;
 
     /// Labels of random 5-digit pairs, each for a random digit `k` from `digits`.
-    fn random_labels(rng: &mut TestRng, n_examples: usize, digits: &[usize]) -> Vec<Labels> {
+    fn random_labels(rng: &mut SplitMix64, n_examples: usize, digits: &[usize]) -> Vec<Labels> {
         (0..n_examples)
             .map(|_| {
                 let pair = Pair::from_numbers(5, rng.below(100_000), rng.below(100_000));
@@ -224,7 +168,7 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn random_logits(rng: &mut TestRng, n: usize, scale: f64) -> Vec<f32> {
+    fn random_logits(rng: &mut SplitMix64, n: usize, scale: f64) -> Vec<f32> {
         (0..n).map(|_| rng.range(-scale, scale) as f32).collect()
     }
 
@@ -355,7 +299,7 @@ pub(crate) mod tests {
 
     #[test]
     fn random_logits_match_a_plain_loop_reimplementation_of_the_spec() {
-        let mut rng = TestRng::new(1);
+        let mut rng = SplitMix64::new(1);
         for n_out in [10, 12] {
             let labels = random_labels(&mut rng, 3000, &[0, 1, 2, 3, 4, 5]);
             let logits = random_logits(&mut rng, labels.len() * n_out, 4.0);
@@ -369,7 +313,7 @@ pub(crate) mod tests {
 
     #[test]
     fn tied_logits_count_the_first_maximum() {
-        let mut rng = TestRng::new(2);
+        let mut rng = SplitMix64::new(2);
         let labels = random_labels(&mut rng, 2000, &[1, 3]);
         // Integer logits in 0..3 make ties common.
         let logits: Vec<f32> = (0..labels.len() * 12)
@@ -385,7 +329,7 @@ pub(crate) mod tests {
 
     #[test]
     fn absent_carry_kinds_are_skipped_and_absent_carry_in_gives_nan() {
-        let mut rng = TestRng::new(3);
+        let mut rng = SplitMix64::new(3);
         // The units digit never has a carry in.
         let labels = random_labels(&mut rng, 500, &[0]);
         let logits = random_logits(&mut rng, labels.len() * 12, 3.0);
@@ -412,7 +356,7 @@ pub(crate) mod tests {
 
     #[test]
     fn loss_is_pair_mass_loss_plus_pair_loss_on_random_logits() {
-        let mut rng = TestRng::new(4);
+        let mut rng = SplitMix64::new(4);
         let labels = random_labels(&mut rng, 2000, &[0, 1, 2, 3, 4, 5]);
         let logits = random_logits(&mut rng, labels.len() * 12, 6.0);
         assert_loss_splits_per_example(&logits, 12, &labels);
@@ -422,7 +366,7 @@ pub(crate) mod tests {
 
     #[test]
     fn loss_is_pair_mass_loss_plus_pair_loss_on_confident_logits() {
-        let mut rng = TestRng::new(5);
+        let mut rng = SplitMix64::new(5);
         let labels = random_labels(&mut rng, 3000, &[0, 1, 2, 3, 4, 5]);
         for margin in [60.0f32, 1000.0] {
             // Confident on the true digit, on the other candidate, or on the `=` output.

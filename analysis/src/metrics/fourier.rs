@@ -1,7 +1,8 @@
-//! Fourier progress measures over the digit pair (spec section 5), after Nanda et al.,
+//! Fourier progress measures over the digit pair (docs/metrics.md, 'Excluded and restricted loss'
+//! and 'Key frequencies'), after Nanda et al.,
 //! "Progress measures for grokking via mechanistic interpretability".
 //!
-//! Each context of the balanced eval set (spec section 3) is a 10×10 grid of `(a_k, b_k)`. The
+//! Each context of the balanced eval set (docs/metrics.md, 'The balanced eval set') is a 10×10 grid of `(a_k, b_k)`. The
 //! excluded and restricted logits remove or keep only the part of each grid that is a wave in
 //! `a_k + b_k` at chosen frequencies; the key frequencies are read off the MLP neurons, whose
 //! activations a Fourier-multiplying model makes products of waves in `a_k` and in `b_k`.
@@ -13,8 +14,6 @@
 
 use std::f64::consts::TAU;
 use std::sync::OnceLock;
-
-use crate::digit_metrics::log_softmax;
 
 /// Frequencies `f = 1..=5` over the 10-point digit circle.
 pub const FREQUENCIES: [usize; 5] = [1, 2, 3, 4, 5];
@@ -37,9 +36,9 @@ enum Keep {
     Residual,
 }
 
-/// Removes the sum-structure of the logits at the given frequencies (spec section 5):
+/// Removes the sum-structure of the logits at the given frequencies (`excluded_loss`):
 /// `L - sum_{f in freqs} proj_f(L)`, per context and output; `excluded_loss` is its
-/// [`mean_cross_entropy`].
+/// [`mean_cross_entropy`](digitlab::log_softmax::mean_cross_entropy).
 ///
 /// `logits` is `n_contexts × 100 × n_out` in the eval-set order (see the module doc); `freqs` is
 /// a set of frequencies from [`FREQUENCIES`] (a repeat counts once).
@@ -56,8 +55,8 @@ pub fn excluded_logits(
     split_grids(logits, n_out, n_contexts, &directions, Keep::Residual)
 }
 
-/// Keeps only the grid mean and the sum-structure at the given frequencies (spec section 5):
-/// `mean_grid(L) + sum_{f in freqs} proj_f(L)`; `restricted_loss` is its [`mean_cross_entropy`].
+/// Keeps only the grid mean and the sum-structure at the given frequencies (`restricted_loss`):
+/// `mean_grid(L) + sum_{f in freqs} proj_f(L)`; `restricted_loss` is its [`mean_cross_entropy`](digitlab::log_softmax::mean_cross_entropy).
 ///
 /// Same layout, set semantics and panics as [`excluded_logits`].
 pub fn restricted_logits(
@@ -71,27 +70,6 @@ pub fn restricted_logits(
     split_grids(logits, n_out, n_contexts, &directions, Keep::Projection)
 }
 
-/// Mean cross-entropy of logits (`targets.len() × n_out` row-major) against targets, one per
-/// example, with the same log-softmax as the spec section 4 `loss`. NaN for no examples.
-///
-/// # Panics
-/// If `n_out` is 0, the length does not match or a target is not below `n_out`.
-pub fn mean_cross_entropy(logits: &[f32], n_out: usize, targets: &[u8]) -> f64 {
-    assert!(n_out > 0, "no outputs");
-    assert_eq!(
-        logits.len(),
-        targets.len() * n_out,
-        "logits must be n_examples × n_out"
-    );
-    let mut log_p = vec![0.0; n_out];
-    let mut sum = 0.0;
-    for (row, &target) in logits.chunks_exact(n_out).zip(targets) {
-        log_softmax(row, &mut log_p);
-        sum -= log_p[usize::from(target)];
-    }
-    sum / targets.len() as f64
-}
-
 /// One MLP neuron's frequency: the `f` whose 2D Fourier terms hold the largest fraction of its
 /// centred variance, and that fraction.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,7 +79,7 @@ pub struct NeuronFrequency {
     pub fraction: f64,
 }
 
-/// The key frequencies of a model (spec section 5), with the per-neuron evidence.
+/// The key frequencies of a model (docs/metrics.md, 'Key frequencies'), with the per-neuron evidence.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyFrequencies {
     /// One entry per neuron, in neuron order.
@@ -321,7 +299,8 @@ fn unit(v: GridVector) -> GridVector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digit_metrics::tests::TestRng;
+    use crate::test_rng::SplitMix64;
+    use digitlab::log_softmax::mean_cross_entropy;
     use std::f64::consts::PI;
 
     fn dot(u: &GridVector, v: &GridVector) -> f64 {
@@ -423,7 +402,7 @@ mod tests {
         }
     }
 
-    fn random_logits(rng: &mut TestRng, n: usize) -> Vec<f32> {
+    fn random_logits(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.range(-5.0, 5.0) as f32).collect()
     }
 
@@ -433,7 +412,7 @@ mod tests {
 
     #[test]
     fn excluded_and_restricted_logits_match_a_plain_loop_projection() {
-        let mut rng = TestRng::new(11);
+        let mut rng = SplitMix64::new(11);
         let (n_out, n_contexts) = (12, 3);
         let logits = random_logits(&mut rng, n_contexts * 100 * n_out);
         for freqs in [&[1][..], &[5], &[2, 4], &[1, 2, 3, 4, 5], &[]] {
@@ -456,7 +435,7 @@ mod tests {
 
     #[test]
     fn projection_is_idempotent_and_orthogonal() {
-        let mut rng = TestRng::new(12);
+        let mut rng = SplitMix64::new(12);
         let (n_out, n_contexts) = (12, 4);
         let logits = random_logits(&mut rng, n_contexts * 100 * n_out);
         let freqs = [2, 3];
@@ -484,7 +463,7 @@ mod tests {
     /// `offset_m` for `+` and `=`: a function of `(a + b) mod 10` per context whose grid mean is
     /// `offset_m` for every output (each wave sums to 0 over the grid).
     fn sum_structured_logits(
-        rng: &mut TestRng,
+        rng: &mut SplitMix64,
         n_out: usize,
         n_contexts: usize,
         freqs: &[usize],
@@ -532,7 +511,7 @@ mod tests {
 
     #[test]
     fn mean_cross_entropy_matches_a_plain_loop() {
-        let mut rng = TestRng::new(13);
+        let mut rng = SplitMix64::new(13);
         let logits = random_logits(&mut rng, 500 * 12);
         let targets: Vec<u8> = (0..500).map(|_| rng.below(12) as u8).collect();
         let got = mean_cross_entropy(&logits, 12, &targets);
@@ -542,7 +521,7 @@ mod tests {
 
     #[test]
     fn sum_structured_logits_keep_their_loss_restricted_and_lose_it_excluded() {
-        let mut rng = TestRng::new(14);
+        let mut rng = SplitMix64::new(14);
         let (n_out, n_contexts) = (12, 5);
         let (logits, offsets) = sum_structured_logits(&mut rng, n_out, n_contexts, &[1, 3, 5]);
         let targets = sum_targets(n_contexts);
@@ -568,7 +547,7 @@ mod tests {
 
     #[test]
     fn excluding_a_frequency_removes_only_that_frequency() {
-        let mut rng = TestRng::new(15);
+        let mut rng = SplitMix64::new(15);
         let (n_out, n_contexts) = (12, 3);
         let (logits, offsets) = sum_structured_logits(&mut rng, n_out, n_contexts, &[2]);
         let unchanged = excluded_logits(&logits, n_out, n_contexts, &[3]);
@@ -631,10 +610,10 @@ mod tests {
     }
 
     /// A neuron's activation at `(rng, context m, a, b)`.
-    type Neuron<'a> = &'a dyn Fn(&mut TestRng, usize, f64, f64) -> f64;
+    type Neuron<'a> = &'a dyn Fn(&mut SplitMix64, usize, f64, f64) -> f64;
 
     /// Builds `n_contexts × 100 × n_neurons` activations from one function per neuron.
-    fn activations(rng: &mut TestRng, n_contexts: usize, neurons: &[Neuron]) -> Vec<f32> {
+    fn activations(rng: &mut SplitMix64, n_contexts: usize, neurons: &[Neuron]) -> Vec<f32> {
         let mut acts = vec![];
         for m in 0..n_contexts {
             for a in 0..10 {
@@ -662,7 +641,7 @@ mod tests {
 
     #[test]
     fn key_frequencies_find_the_frequency_of_pure_neurons() {
-        let mut rng = TestRng::new(16);
+        let mut rng = SplitMix64::new(16);
         let n_contexts = 4;
         let w = 2.0 * PI * 3.0 / 10.0;
         let acts = activations(
@@ -694,7 +673,7 @@ mod tests {
 
     #[test]
     fn key_frequencies_handle_frequency_5_and_mixed_neurons() {
-        let mut rng = TestRng::new(17);
+        let mut rng = SplitMix64::new(17);
         let n_contexts = 3;
         let w1 = 2.0 * PI / 10.0;
         let w2 = 2.0 * PI * 2.0 / 10.0;

@@ -25,8 +25,8 @@
 //!    log-loss, or [`OTHER_LEVEL`]; plateaus shorter than `min_plateau_batches` are dropped, and
 //!    consecutive plateaus on the same level are merged (a spike in between does not end one).
 //!
-//! The defaults were chosen on calibration runs of the reference PyTorch model
-//! (`shared/bench/torch_ref_train.py`: prompt layout, 5 digits, batch 128, AdamW lr 1e-3; d_model
+//! The defaults were chosen on calibration runs of an eager PyTorch implementation of the same
+//! model and AdamW (as in `benches/torch_reference.py`; prompt layout, 5 digits, batch 128, AdamW lr 1e-3; d_model
 //! 8 to 128, target digits 0 to 2; 4,000 to 10,000 batches), each with the per-batch training
 //! loss and the loss on 8,192 fixed examples every 50 batches. With weight decay 1.0 none of them
 //! left ln 10; the calibration used the six runs with weight decay 0.1 or 0.3. What they showed: ln 10 plateaus sit within 0.005 of ln 10 and
@@ -73,7 +73,7 @@ pub const DEFAULT_LEVEL_TOLERANCE: f64 = 0.1;
 /// d_model 8 / 8 heads tens-digit run at batch 1650 on the eval curve and 1687 on the training
 /// log (the eye says "about 1600"); 0.05 put it at 1700.
 pub const DEFAULT_EDGE_TOLERANCE: f64 = 0.02;
-/// Default [`PhaseOptions::zero_floor`]: 1e-3 nats, as the issue asks: the model is then right
+/// Default [`PhaseOptions::zero_floor`]: 1e-3 nats: the model is then right
 /// on all but about one example in a thousand, and weight decay, not learning, moves the loss.
 pub const DEFAULT_ZERO_FLOOR: f64 = 1e-3;
 

@@ -4,7 +4,7 @@
 //! Training with AdamW sometimes throws the loss up by a large factor for a few to a few hundred
 //! batches (often while the model sits on a plateau or has just left one). This module finds
 //! those events, one row per spike, so that they can be counted, compared across runs and lined
-//! up with the plateaus of [`crate::phases`].
+//! up with the plateaus of [`crate::metrics::phases`].
 //!
 //! Rule, in log10(loss):
 //! - a spike opens at a batch whose log-loss is more than `threshold` above the median of the
@@ -27,16 +27,16 @@
 //!   unaffected;
 //! - a spike still open at the last usable batch is reported as *open* there.
 
-use crate::phases::{check_series, median_in_place, SeriesError};
+use crate::metrics::phases::{check_series, median_in_place, SeriesError};
 use serde::{Deserialize, Serialize};
 
-/// Default [`SpikeOptions::window`]: 100 batches, as the issue proposes. In the calibration runs
-/// of [`crate::phases`] (batch 128) the per-batch log10-loss scatters by at most about ±0.1
+/// Default [`SpikeOptions::window`]: 100 batches. In the calibration runs
+/// of [`crate::metrics::phases`] (batch 128) the per-batch log10-loss scatters by at most about ±0.1
 /// around its trend (nearly not at all on ln 10), so the median of 100 batches is steady to about
 /// 0.01 and the first batches of a spike cannot move it; and a drop between plateaus, which takes
 /// a few hundred batches, is followed closely enough not to look like a spike.
 pub const DEFAULT_SPIKE_WINDOW: usize = 100;
-/// Default [`SpikeOptions::threshold`]: 0.5 in log10, a factor of about 3, as the issue proposes:
+/// Default [`SpikeOptions::threshold`]: 0.5 in log10, a factor of about 3:
 /// five times the per-batch scatter of the calibration runs. It found no spike in the ten runs
 /// without a visible one (74,000 batches, four of the runs leaving ln 10), and the 11 spikes of
 /// the two runs that had them rose by a factor 4 to 10^7.

@@ -2,20 +2,24 @@
 //! replays only the snapshots whose rows are not yet on disk (same eval options), and writes
 //! each table atomically with the old rows kept.
 
+pub mod rows;
+
+pub use self::rows::SnapshotAnalysis;
+
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{bail, Result};
 use digitlab_snapshots::{read_parquet, write_parquet_atomic, FileEntry};
-use polars::prelude::{BooleanChunked, ChunkCompareEq, Column, DataFrame, SortMultipleOptions};
+use polars::df;
+use polars::prelude::{BooleanChunked, ChunkCompareEq, DataFrame, SortMultipleOptions};
 
+use self::rows::{excluded_loss_rows, key_set_label, loss_rows, naive_lens_rows};
 use crate::activations::{digit_logits, mlp_post_at_prediction};
-use crate::digit_metrics::digit_metrics;
 use crate::eval_set::EvalSet;
-use crate::fourier::{key_frequencies, KeyFrequencies};
-use crate::measures::{
-    excluded_loss_rows, key_set_label, loss_rows, naive_lens_rows, SnapshotAnalysis,
-};
-use crate::replay::{replay, Run, Selection};
+use crate::metrics::digit::digit_metrics;
+use crate::metrics::fourier::{key_frequencies, KeyFrequencies};
+use crate::replay::replay;
+use crate::run::{Run, Selection};
 use crate::table::MetricRows;
 
 /// Options shared by the snapshot analyses.
@@ -27,7 +31,8 @@ pub struct EvalOptions {
     pub digits: Vec<usize>,
     pub selection: Selection,
     pub skip_damaged: bool,
-    /// Fraction of a neuron's variance that makes its frequency key (spec section 5).
+    /// Fraction of a neuron's variance that makes its frequency key (docs/metrics.md,
+    /// 'Key frequencies').
     pub key_threshold: f64,
     /// Snapshot batch at which the key frequencies are found; the last if None.
     pub key_snapshot: Option<u64>,
@@ -118,18 +123,7 @@ pub fn run_snapshot_analyses(
                         }
                         SnapshotAnalysis::ExcludedLoss if set.is_grid => {
                             let key_set = &key.as_ref().expect("found above").1[i];
-                            let targets = set.targets();
-                            excluded_loss_rows(
-                                rows,
-                                &run.id,
-                                batch,
-                                set.digit,
-                                &logits,
-                                n_out,
-                                set.n_contexts,
-                                &targets,
-                                key_set,
-                            );
+                            excluded_loss_rows(rows, &run.id, batch, set, &logits, n_out, key_set);
                         }
                         SnapshotAnalysis::ExcludedLoss => {}
                     }
@@ -307,8 +301,8 @@ fn find_key_frequencies(
                 found = Some((entry, model));
                 break;
             }
-            Err(crate::replay::ReplayError::Damaged(m)) => damaged = Some(m),
-            Err(crate::replay::ReplayError::Other(e)) => return Err(e),
+            Err(crate::run::ReplayError::Damaged(m)) => damaged = Some(m),
+            Err(crate::run::ReplayError::Other(e)) => return Err(e),
         }
     }
     let Some((entry, model)) = found else {
@@ -318,14 +312,8 @@ fn find_key_frequencies(
         }
         bail!("{message} (pass --skip-damaged to analyse the other snapshots)");
     };
-    let (mut run_col, mut digit, mut neuron, mut freq, mut fraction, mut is_key) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    // One row per (digit, neuron).
+    let (mut digit, mut neurons) = (Vec::new(), Vec::new());
     let mut key_sets = Vec::new();
     for set in sets {
         if !set.is_grid {
@@ -339,29 +327,20 @@ fn find_key_frequencies(
             set.n_contexts,
             options.key_threshold,
         );
-        for n in &found.neurons {
-            run_col.push(run.id.clone());
-            digit.push(set.digit as i64);
-            neuron.push(n.neuron as i64);
-            freq.push(n.frequency as i64);
-            fraction.push(n.fraction);
-            is_key.push(n.fraction >= found.threshold);
-        }
+        digit.extend(found.neurons.iter().map(|_| set.digit as i64));
+        neurons.extend(found.neurons);
         key_sets.push(found.key);
     }
-    let height = run_col.len();
-    let df = DataFrame::new(
-        height,
-        vec![
-            Column::new("run".into(), run_col),
-            Column::new("digit".into(), digit),
-            Column::new("snapshot_batch".into(), vec![entry.batch as i64; height]),
-            Column::new("neuron".into(), neuron),
-            Column::new("frequency".into(), freq),
-            Column::new("fraction".into(), fraction),
-            Column::new("above_threshold".into(), is_key),
-            Column::new("threshold".into(), vec![options.key_threshold; height]),
-        ],
+    let n = neurons.len();
+    let df = df!(
+        "run" => vec![run.id.as_str(); n],
+        "digit" => digit,
+        "snapshot_batch" => vec![entry.batch as i64; n],
+        "neuron" => neurons.iter().map(|x| x.neuron as i64).collect::<Vec<_>>(),
+        "frequency" => neurons.iter().map(|x| x.frequency as i64).collect::<Vec<_>>(),
+        "fraction" => neurons.iter().map(|x| x.fraction).collect::<Vec<_>>(),
+        "above_threshold" => neurons.iter().map(|x| x.fraction >= options.key_threshold).collect::<Vec<_>>(),
+        "threshold" => vec![options.key_threshold; n],
     )?;
     Ok((df, key_sets))
 }

@@ -1,12 +1,16 @@
 //! The snapshot analyses (`loss`, `naive-lens`, `excluded-loss`): what each writes per
 //! (snapshot, digit), as rows of its long-format table.
 //!
-//! Column meanings are those of spec sections 4 and 5; the README lists them.
+//! Column meanings are defined in docs/metrics.md, 'Per-digit metrics' and 'Excluded and
+//! restricted loss'; the README lists the tables.
 
 use digitlab::task::CarryKind;
 
-use crate::digit_metrics::DigitMetrics;
-use crate::fourier::{excluded_logits, mean_cross_entropy, restricted_logits, FREQUENCIES};
+use crate::metrics::digit::DigitMetrics;
+use digitlab::log_softmax::mean_cross_entropy;
+
+use crate::eval_set::EvalSet;
+use crate::metrics::fourier::{excluded_logits, restricted_logits, FREQUENCIES};
 use crate::table::{Key, KeyKind, MetricRows};
 
 /// An analysis computed from the logits of every snapshot.
@@ -135,32 +139,24 @@ pub fn frequency_sets(key: &[usize]) -> Vec<(String, Vec<usize>)> {
     sets
 }
 
-/// `excluded_loss` rows: excluded and restricted loss for every frequency set.
-#[allow(clippy::too_many_arguments)]
+/// `excluded_loss` rows: excluded and restricted loss for every frequency set, from the
+/// logits of `set` (a context x pair grid) and the digit's key set.
 pub fn excluded_loss_rows(
     rows: &mut MetricRows,
     run: &str,
     batch: u64,
-    digit: usize,
+    set: &EvalSet,
     logits: &[f32],
     n_out: usize,
-    n_contexts: usize,
-    targets: &[u8],
     key: &[usize],
 ) {
+    let targets = set.targets();
     for (name, freqs) in frequency_sets(key) {
         let keys = [Key::Text(name), Key::Text(key_set_label(key))];
-        let excluded = mean_cross_entropy(
-            &excluded_logits(logits, n_out, n_contexts, &freqs),
-            n_out,
-            targets,
-        );
-        let restricted = mean_cross_entropy(
-            &restricted_logits(logits, n_out, n_contexts, &freqs),
-            n_out,
-            targets,
-        );
-        rows.push(run, batch, digit, &keys, "excluded_loss", excluded);
-        rows.push(run, batch, digit, &keys, "restricted_loss", restricted);
+        let loss = |logits: Vec<f32>| mean_cross_entropy(&logits, n_out, &targets);
+        let excluded = loss(excluded_logits(logits, n_out, set.n_contexts, &freqs));
+        let restricted = loss(restricted_logits(logits, n_out, set.n_contexts, &freqs));
+        rows.push(run, batch, set.digit, &keys, "excluded_loss", excluded);
+        rows.push(run, batch, set.digit, &keys, "restricted_loss", restricted);
     }
 }

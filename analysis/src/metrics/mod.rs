@@ -1,0 +1,12 @@
+//! The computations behind the analyses, as pure functions of numbers: no run, no model, no
+//! files. Each is tested against an independent plain-loop implementation.
+//!
+//! - [`digit`]: per-digit loss, accuracy and the naive-sum lens, from logits and labels;
+//! - [`fourier`]: excluded and restricted loss, key frequencies of the MLP neurons;
+//! - [`phases`]: plateaus of a loss curve and when it leaves and reaches them;
+//! - [`spike_detection`]: loss spikes in the per-batch training log.
+
+pub mod digit;
+pub mod fourier;
+pub mod phases;
+pub mod spike_detection;
