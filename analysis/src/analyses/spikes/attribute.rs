@@ -139,7 +139,7 @@ fn replay_spike(
             );
         }
         if let Some(v_before) = v_before {
-            optimizer_rows(cfg, steps, id, t, &row, &grads, &v_before);
+            optimizer_rows(&log.tensor_names, steps, id, t, &row, &grads, &v_before);
         }
     }
     Ok(path)

@@ -15,8 +15,9 @@ use crate::eval_set::EvalSet;
 
 /// Per tensor at step `t`: gradient norm, update over weight norm, and how the squared gradient
 /// compares with AdamW's second moment before the update (Bai et al. 2025).
+/// `tensor_names` are the training log's, in the order of `row.tensors` and `grads`.
 pub(super) fn optimizer_rows(
-    cfg: &TrainConfig,
+    tensor_names: &[String],
     steps: &mut Vec<StepRow>,
     id: usize,
     t: u64,
@@ -35,13 +36,7 @@ pub(super) fn optimizer_rows(
     };
     push("train_loss", None, f64::from(row.loss));
     push("grad_norm", Some("all"), f64::from(row.grad_norm));
-    let names = cfg
-        .model
-        .param_specs()
-        .into_iter()
-        .filter(|s| s.trained)
-        .map(|s| s.name);
-    for (i, name) in names.enumerate() {
+    for (i, name) in tensor_names.iter().enumerate() {
         let s = row.tensors.get(i).copied().unwrap_or(TensorStats {
             grad_norm: f32::NAN,
             weight_norm: f32::NAN,
