@@ -13,6 +13,7 @@ pub mod fourier;
 pub mod measures;
 pub mod phases;
 pub mod replay;
+pub mod report;
 pub mod run_phases;
 pub mod snapshot_analyses;
 pub mod spike_detection;
