@@ -396,7 +396,8 @@ fn the_report_of_a_real_run_has_one_trace_per_series_in_its_tables() {
         .filter(|&i| value.get(i).is_some_and(f64::is_finite))
         .filter_map(|i| kind[i].clone())
         .collect();
-    assert_eq!(kinds.len(), 3);
+    // None and direct occur for the tens digit; a cascade into it cannot (digit 0 has no carry-in).
+    assert!(kinds.contains("none") && kinds.contains("direct"), "{kinds:?}");
     assert_eq!(
         traces(figure(&figures, "carry_kind_accuracy")).len(),
         kinds.len()
@@ -520,10 +521,16 @@ fn a_sweep_with_a_failed_point_shows_its_runs_and_marks_the_failure() {
     assert_eq!(overlay["layout"]["yaxis"]["type"], "log");
     assert_eq!(traces(overlay)[0]["meta"]["d_model"], "16");
     // Both runs left ln 10 (or the figure says which did not): points + median per head count.
-    let leaves = figure(&figures, "leaves_ln10");
-    assert_eq!(leaves["layout"]["xaxis"]["type"], "log");
-    assert_eq!(leaves["layout"]["yaxis"]["type"], "log");
-    assert!(traces(leaves).len() == 2 || html.contains("never seen leaving ln 10"));
+    // These 300-batch runs may not leave ln 10 yet: then the figure is left out and the page
+    // names the runs.
+    match figures.iter().find(|f| f["id"] == "leaves_ln10") {
+        Some(leaves) => {
+            assert_eq!(traces(leaves).len(), 2);
+            assert_eq!(leaves["layout"]["xaxis"]["type"], "log");
+            assert_eq!(leaves["layout"]["yaxis"]["type"], "log");
+        }
+        None => assert!(html.contains("never seen leaving ln 10: started below it or still on it): d16-s0 (digit 1), d16-s1 (digit 1)")),
+    }
     // Identical runs: no option varies, so no heatmap, and the page says why.
     assert!(html.contains("No final-loss heatmap"));
     for f in &figures {
