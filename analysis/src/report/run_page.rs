@@ -128,8 +128,13 @@ fn facts(t: &RunTables) -> Vec<(String, String)> {
         (
             "optimizer".into(),
             format!(
-                "AdamW lr {}, betas ({}, {}), weight decay {}, warm-up {}, grad clip {:?}",
-                o.lr, o.beta1, o.beta2, o.weight_decay, o.warmup_steps, o.grad_clip
+                "AdamW lr {}, betas ({}, {}), weight decay {}, warm-up {} steps, gradient clipping {}",
+                o.lr,
+                o.beta1,
+                o.beta2,
+                o.weight_decay,
+                o.warmup_steps,
+                o.grad_clip.map_or("off".to_string(), |c| format!("at norm {c}"))
             ),
         ),
         (
