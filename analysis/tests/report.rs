@@ -529,7 +529,7 @@ fn a_sweep_with_a_failed_point_shows_its_runs_and_marks_the_failure() {
             assert_eq!(leaves["layout"]["xaxis"]["type"], "log");
             assert_eq!(leaves["layout"]["yaxis"]["type"], "log");
         }
-        None => assert!(html.contains("never seen leaving ln 10: started below it or still on it): d16-s0 (digit 1), d16-s1 (digit 1)")),
+        None => assert!(html.contains("2 run(s) not on the ln 10 figure (never seen leaving ln 10: started below it or still on it): d16-s0 (digit 1), d16-s1 (digit 1).")),
     }
     // Identical runs: no option varies, so no heatmap, and the page says why.
     assert!(html.contains("No final-loss heatmap"));

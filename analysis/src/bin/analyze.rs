@@ -58,6 +58,9 @@ struct ReportArgs {
     /// Open the page in the default browser.
     #[arg(long)]
     open: bool,
+    /// Draw from the tables as they are, without bringing the analyses up to date first.
+    #[arg(long)]
+    no_analyses: bool,
 }
 
 /// `analyze spikes` as a parser of its own, so `report` runs it with exactly its defaults.
@@ -263,7 +266,9 @@ fn report(args: &ReportArgs) -> Result<()> {
     if !path.is_dir() {
         anyhow::bail!("{} does not exist or is not a folder", path.display());
     }
-    let runs = if report::is_run(path) {
+    let runs = if args.no_analyses {
+        Vec::new()
+    } else if report::is_run(path) {
         vec![path.clone()]
     } else {
         report::sweep_page::run_dirs(path)?

@@ -159,9 +159,21 @@ pub fn figure_json(fig: &Figure) -> Value {
             "font": {"size": 10, "color": "#555"}
         }));
     }
-    let axis = |a: &super::figure::Axis| {
-        json!({"title": {"text": a.title}, "type": if a.log { "log" } else { "-" },
-               "automargin": true, "exponentformat": "power"})
+    // Category names that look like numbers ("8", "16") stay categories, evenly spaced.
+    let categorical = |pick: fn(&super::figure::Trace) -> &Values| {
+        fig.traces
+            .iter()
+            .any(|t| matches!(pick(t), Values::Categories(_)))
+    };
+    let (x_categories, y_categories) = (categorical(|t| &t.x), categorical(|t| &t.y));
+    let axis = |a: &super::figure::Axis, categories: bool| {
+        let kind = match (a.log, categories) {
+            (_, true) => "category",
+            (true, false) => "log",
+            (false, false) => "-",
+        };
+        json!({"title": {"text": a.title}, "type": kind, "automargin": true,
+               "exponentformat": "power"})
     };
     let horizontal_bars = fig.traces.iter().any(|t| t.style == Style::HorizontalBars);
     let height = if horizontal_bars {
@@ -176,8 +188,8 @@ pub fn figure_json(fig: &Figure) -> Value {
         "data": data,
         "layout": {
             "title": {"text": fig.title, "x": 0.02, "xanchor": "left", "font": {"size": 15}},
-            "xaxis": axis(&fig.x),
-            "yaxis": axis(&fig.y),
+            "xaxis": axis(&fig.x, x_categories),
+            "yaxis": axis(&fig.y, y_categories),
             "shapes": shapes,
             "annotations": annotations,
             "hovermode": "closest",

@@ -122,13 +122,13 @@ pub fn sweep_page(folder: &Path) -> Result<Page> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut selectable = varying.clone();
-    for always in ["d_model", "n_heads", "seed"] {
-        if !selectable.iter().any(|s| s == always) {
-            selectable.push(always.into());
+    // The width-and-heads question first: colour by d_model, group by n_heads.
+    let mut selectable: Vec<String> = vec!["d_model".into(), "n_heads".into()];
+    for option in varying.iter().map(String::as_str).chain(["seed", "run"]) {
+        if !selectable.iter().any(|s| s == option) {
+            selectable.push(option.into());
         }
     }
-    selectable.push("run".into());
 
     let mut figures = vec![loss_overlay(&runs)];
     let (leaves, leaves_note) = leaves_ln10(&runs);
@@ -287,10 +287,14 @@ fn leaves_ln10(runs: &[SweepRun]) -> (Figure, Option<String>) {
                 .colored(k),
         );
     }
+    const NAMED: usize = 12;
     let note = (!never.is_empty()).then(|| {
+        let more = never.len().saturating_sub(NAMED);
         format!(
-            "Not on the ln 10 figure (never seen leaving ln 10: started below it or still on it): {}.",
-            never.join(", ")
+            "{} run(s) not on the ln 10 figure (never seen leaving ln 10: started below it or still on it): {}{}.",
+            never.len(),
+            never[..never.len().min(NAMED)].join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
         )
     });
     (fig, note)
