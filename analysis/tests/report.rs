@@ -86,7 +86,12 @@ fn check_png(path: &Path) -> Vec<u8> {
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!((info.width, info.height), (WIDTH, HEIGHT), "{}", path.display());
+    assert_eq!(
+        (info.width, info.height),
+        (WIDTH, HEIGHT),
+        "{}",
+        path.display()
+    );
     assert_eq!(info.color_type, png::ColorType::Rgb);
     let pixels: Vec<[u8; 3]> = buf.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
     let non_white = pixels.iter().filter(|p| **p != [255, 255, 255]).count();
@@ -261,7 +266,11 @@ fn a_50k_batch_run_stays_under_5_mb_keeps_its_spike_and_draws_loss_on_log_axes()
         .unwrap();
     assert!(x.contains(&(global_min as f64)), "the lowest loss is kept");
     for (b, v) in x.iter().zip(&y) {
-        assert_eq!(*v as f32, long_loss(*b as i64), "batch {b}: a real logged value");
+        assert_eq!(
+            *v as f32,
+            long_loss(*b as i64),
+            "batch {b}: a real logged value"
+        );
     }
 
     // Carry kinds: only the kinds with finite values get a trace (recounted from the rows).
@@ -397,7 +406,10 @@ fn the_report_of_a_real_run_has_one_trace_per_series_in_its_tables() {
         .filter_map(|i| kind[i].clone())
         .collect();
     // None and direct occur for the tens digit; a cascade into it cannot (digit 0 has no carry-in).
-    assert!(kinds.contains("none") && kinds.contains("direct"), "{kinds:?}");
+    assert!(
+        kinds.contains("none") && kinds.contains("direct"),
+        "{kinds:?}"
+    );
     assert_eq!(
         traces(figure(&figures, "carry_kind_accuracy")).len(),
         kinds.len()
@@ -487,7 +499,13 @@ fn nothing_to_show_exits_2_and_writes_no_report() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("nothing to show"), "{}", stderr(&out));
     assert!(!fresh.join("report.html").exists());
-    assert!(!fresh.join("figures").exists() || std::fs::read_dir(fresh.join("figures")).unwrap().next().is_none());
+    assert!(
+        !fresh.join("figures").exists()
+            || std::fs::read_dir(fresh.join("figures"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 
     // Not a folder at all.
     let out = analyze(&["report", s(&empty.join("missing")), "-q"]);

@@ -62,7 +62,10 @@ mod tests {
         // Independent check: every 100-point bucket's max and min are present.
         for b in 0..100 {
             let range = b * 100..(b + 1) * 100;
-            let max = range.clone().max_by(|&i, &j| y[i].total_cmp(&y[j])).unwrap();
+            let max = range
+                .clone()
+                .max_by(|&i, &j| y[i].total_cmp(&y[j]))
+                .unwrap();
             let min = range.min_by(|&i, &j| y[i].total_cmp(&y[j])).unwrap();
             assert!(keep.contains(&max) && keep.contains(&min), "bucket {b}");
         }

@@ -74,7 +74,10 @@ pub enum Style {
     /// Horizontal bars: `x` holds the lengths, `y` the category names.
     HorizontalBars,
     /// `z[row][column]` over `y` (rows) and `x` (columns); `None` cells are empty.
-    Heatmap { z: Vec<Vec<Option<f64>>>, colorbar: String },
+    Heatmap {
+        z: Vec<Vec<Option<f64>>>,
+        colorbar: String,
+    },
 }
 
 #[derive(Clone, Debug)]

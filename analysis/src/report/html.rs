@@ -80,15 +80,19 @@ pub fn figure_json(fig: &Figure) -> Value {
                         .iter()
                         .map(|r| r.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
                         .collect();
-                    let rows: Vec<Value> =
-                        rows.iter().map(|r| values_json(&Values::Numbers(r.clone()))).collect();
+                    let rows: Vec<Value> = rows
+                        .iter()
+                        .map(|r| values_json(&Values::Numbers(r.clone())))
+                        .collect();
                     trace.insert("type".into(), json!("heatmap"));
                     trace.insert("z".into(), Value::Array(rows));
                     trace.insert("colorscale".into(), json!("Viridis"));
                     trace.insert("colorbar".into(), json!({"title": {"text": colorbar}}));
                     trace.insert(
                         "hovertemplate".into(),
-                        json!(format!("{xs} {hx}<br>{ys} %{{y}}<br>{colorbar} %{{z:.4g}}<extra></extra>")),
+                        json!(format!(
+                            "{xs} {hx}<br>{ys} %{{y}}<br>{colorbar} %{{z:.4g}}<extra></extra>"
+                        )),
                     );
                 }
                 Style::HorizontalBars => {
@@ -106,15 +110,24 @@ pub fn figure_json(fig: &Figure) -> Value {
                         Style::LinesMarkers => "lines+markers",
                         _ => "lines",
                     };
-                    let dash = if *style == Style::DashedLine { "dash" } else { "solid" };
+                    let dash = if *style == Style::DashedLine {
+                        "dash"
+                    } else {
+                        "solid"
+                    };
                     trace.insert("type".into(), json!("scatter"));
                     trace.insert("mode".into(), json!(mode));
-                    trace.insert("line".into(), json!({"color": color, "width": 1.5, "dash": dash}));
+                    trace.insert(
+                        "line".into(),
+                        json!({"color": color, "width": 1.5, "dash": dash}),
+                    );
                     let size = if *style == Style::Markers { 8 } else { 4 };
                     trace.insert("marker".into(), json!({"color": color, "size": size}));
                     trace.insert(
                         "hovertemplate".into(),
-                        json!(format!("{xs} {hx}<br>{ys} %{{y:.6g}}<extra>%{{fullData.name}}</extra>")),
+                        json!(format!(
+                            "{xs} {hx}<br>{ys} %{{y:.6g}}<extra>%{{fullData.name}}</extra>"
+                        )),
                     );
                 }
             }
@@ -152,7 +165,11 @@ pub fn figure_json(fig: &Figure) -> Value {
             "line": {"color": "#777", "width": 1, "dash": "dot"}
         }));
         // Annotations on a log axis take log10 of the value (shapes take the value).
-        let y = if fig.y.log { level.value.log10() } else { level.value };
+        let y = if fig.y.log {
+            level.value.log10()
+        } else {
+            level.value
+        };
         annotations.push(json!({
             "xref": "paper", "yref": "y", "x": 1, "y": y, "xanchor": "right",
             "yanchor": "bottom", "showarrow": false, "text": level.label,
@@ -221,7 +238,11 @@ pub fn page_html(page: &Page) -> String {
     if !page.facts.is_empty() {
         body.push_str("<table class=\"facts\">\n");
         for (k, v) in &page.facts {
-            body.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>\n", escape(k), escape(v)));
+            body.push_str(&format!(
+                "<tr><th>{}</th><td>{}</td></tr>\n",
+                escape(k),
+                escape(v)
+            ));
         }
         body.push_str("</table>\n");
     }
@@ -246,7 +267,11 @@ pub fn page_html(page: &Page) -> String {
         }
         body.push_str("</tr>\n");
         for (row, failed) in table.rows.iter().zip(&table.failed) {
-            body.push_str(if *failed { "<tr class=\"failed\">" } else { "<tr>" });
+            body.push_str(if *failed {
+                "<tr class=\"failed\">"
+            } else {
+                "<tr>"
+            });
             for cell in row {
                 body.push_str(&format!("<td>{}</td>", escape(cell)));
             }

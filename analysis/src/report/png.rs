@@ -60,10 +60,7 @@ pub fn figure_png(fig: &Figure) -> Result<Vec<u8>> {
 /// A coordinate as drawn: log10 on a log axis, the category index for names.
 fn coords(values: &Values, log: bool) -> Vec<f64> {
     match values {
-        Values::Numbers(v) => v
-            .iter()
-            .map(|&x| if log { x.log10() } else { x })
-            .collect(),
+        Values::Numbers(v) => v.iter().map(|&x| if log { x.log10() } else { x }).collect(),
         Values::Categories(c) => (0..c.len()).map(|i| i as f64).collect(),
     }
 }
@@ -140,7 +137,10 @@ fn draw(fig: &Figure, root: &DrawingArea<BitMapBackend, Shift>) -> Result<()> {
         .iter()
         .map(|l| if fig.y.log { l.value.log10() } else { l.value });
     let (mut x0, mut x1) = range(
-        xs.iter().flatten().copied().chain(if bars { Some(0.0) } else { None }),
+        xs.iter()
+            .flatten()
+            .copied()
+            .chain(if bars { Some(0.0) } else { None }),
         if heatmap { 0.0 } else { 0.02 },
     );
     let (mut y0, mut y1) = range(ys.iter().flatten().copied().chain(level_ys), 0.04);
@@ -224,7 +224,11 @@ fn draw(fig: &Figure, root: &DrawingArea<BitMapBackend, Shift>) -> Result<()> {
         )))?;
     }
     for level in &fig.levels {
-        let y = if y_log { level.value.log10() } else { level.value };
+        let y = if y_log {
+            level.value.log10()
+        } else {
+            level.value
+        };
         chart.draw_series(DashedLineSeries::new(
             vec![(x0, y), (x1, y)],
             6,
@@ -263,14 +267,19 @@ fn draw(fig: &Figure, root: &DrawingArea<BitMapBackend, Shift>) -> Result<()> {
                 5,
                 color.stroke_width(2),
             ))?),
-            Style::Markers => Some(
-                chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?,
-            ),
+            Style::Markers => {
+                Some(chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?)
+            }
             Style::HorizontalBars => Some(chart.draw_series(points.iter().map(|&(v, k)| {
                 Rectangle::new([(0.0, k - 0.38), (v, k + 0.38)], color.filled())
             }))?),
             Style::Heatmap { z, colorbar } => {
-                let cells = z.iter().flatten().flatten().copied().filter(|v| v.is_finite());
+                let cells = z
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .copied()
+                    .filter(|v| v.is_finite());
                 let (lo, hi) = cells.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
                     (a.min(v), b.max(v))
                 });

@@ -453,7 +453,11 @@ fn naive_lens_figures(lens: &DataFrame, loss: Option<&DataFrame>, digits: &[usiz
         .map(|(metric, name)| {
             let (x, y) = long_series(
                 lens,
-                &[("digit", ds.as_str()), ("carry_in", "all"), ("metric", metric)],
+                &[
+                    ("digit", ds.as_str()),
+                    ("carry_in", "all"),
+                    ("metric", metric),
+                ],
             );
             (name.to_string(), positive(x, y))
         })
@@ -461,7 +465,11 @@ fn naive_lens_figures(lens: &DataFrame, loss: Option<&DataFrame>, digits: &[usiz
         if let Some(loss) = loss {
             let (x, y) = long_series(
                 loss,
-                &[("digit", ds.as_str()), ("carry_kind", "all"), ("metric", "loss")],
+                &[
+                    ("digit", ds.as_str()),
+                    ("carry_kind", "all"),
+                    ("metric", "loss"),
+                ],
             );
             series.push(("loss (eval)".into(), positive(x, y)));
         }
@@ -510,13 +518,16 @@ fn excluded_loss_figures(
         if let Some(loss) = loss {
             let (x, y) = long_series(
                 loss,
-                &[("digit", ds.as_str()), ("carry_kind", "all"), ("metric", "loss")],
+                &[
+                    ("digit", ds.as_str()),
+                    ("carry_kind", "all"),
+                    ("metric", "loss"),
+                ],
             );
             let (x, y) = positive(x, y);
             if !x.is_empty() {
-                fig.traces.push(
-                    Trace::series("loss (eval)", Style::LinesMarkers, x, y).colored(7),
-                );
+                fig.traces
+                    .push(Trace::series("loss (eval)", Style::LinesMarkers, x, y).colored(7));
             }
         }
         for (k, set) in sets.iter().enumerate() {
@@ -526,7 +537,11 @@ fn excluded_loss_figures(
             ] {
                 let (x, y) = long_series(
                     excluded,
-                    &[("digit", ds.as_str()), ("frequencies", set.as_str()), ("metric", metric)],
+                    &[
+                        ("digit", ds.as_str()),
+                        ("frequencies", set.as_str()),
+                        ("metric", metric),
+                    ],
                 );
                 let (x, y) = positive(x, y);
                 if x.is_empty() {
@@ -590,9 +605,8 @@ fn key_frequency_figures(keys: &DataFrame, digits: &[usize]) -> Vec<Figure> {
                 .map(|&i| (neuron[i], fraction[i]))
                 .unzip();
             let color = f.parse::<usize>().unwrap_or(0);
-            fig.traces.push(
-                Trace::series(format!("frequency {f}"), Style::Markers, x, y).colored(color),
-            );
+            fig.traces
+                .push(Trace::series(format!("frequency {f}"), Style::Markers, x, y).colored(color));
         }
         fig.levels.push(Level {
             value: threshold[first],
@@ -668,8 +682,13 @@ fn spike_figures(t: &RunTables, spikes: &DataFrame) -> (Vec<Figure>, Vec<String>
             let (x, y) = positive(x, y);
             if !x.is_empty() {
                 fig.traces.push(
-                    Trace::series("eval loss (fixed eval batch, replayed)", Style::LinesMarkers, x, y)
-                        .colored(1),
+                    Trace::series(
+                        "eval loss (fixed eval batch, replayed)",
+                        Style::LinesMarkers,
+                        x,
+                        y,
+                    )
+                    .colored(1),
                 );
             }
         }
@@ -831,8 +850,14 @@ fn norm_figures(log: &DataFrame) -> Vec<Figure> {
     let mut out = Vec::new();
     for (prefix, title) in [
         ("grad_norm", "How large are the gradients, per tensor?"),
-        ("weight_norm", "How do the weights grow or decay, per tensor?"),
-        ("update_norm", "How large is each optimizer step, per tensor?"),
+        (
+            "weight_norm",
+            "How do the weights grow or decay, per tensor?",
+        ),
+        (
+            "update_norm",
+            "How large is each optimizer step, per tensor?",
+        ),
     ] {
         let mut fig = Figure::new(
             format!("{prefix}s"),
@@ -840,13 +865,17 @@ fn norm_figures(log: &DataFrame) -> Vec<Figure> {
             Axis::linear(BATCH_AXIS),
             Axis::log(&format!("{} (L2, log scale)", prefix.replace('_', " "))),
         );
-        let columns = names
-            .iter()
-            .filter(|n| n.starts_with(&format!("{prefix}/")) || (prefix == "grad_norm" && *n == "grad_norm"));
+        let columns = names.iter().filter(|n| {
+            n.starts_with(&format!("{prefix}/")) || (prefix == "grad_norm" && *n == "grad_norm")
+        });
         for name in columns {
             let (x, y) = positive(batch.clone(), floats(log, name));
             let (x, y) = downsample(&x, &y, NORM_BUCKETS);
-            let label = if name == prefix { "all parameters" } else { &name[prefix.len() + 1..] };
+            let label = if name == prefix {
+                "all parameters"
+            } else {
+                &name[prefix.len() + 1..]
+            };
             fig.traces.push(Trace::series(label, Style::Line, x, y));
         }
         if !fig.traces.is_empty() {

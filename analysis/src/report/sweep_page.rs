@@ -258,7 +258,9 @@ fn leaves_ln10(runs: &[SweepRun]) -> (Figure, Option<String>) {
             }
         }
     }
-    let several_digits = points.keys().any(|(_, d)| *d != points.keys().next().unwrap().1);
+    let several_digits = points
+        .keys()
+        .any(|(_, d)| *d != points.keys().next().unwrap().1);
     for (k, ((heads, digit), pts)) in points.iter().enumerate() {
         let label = if several_digits {
             format!("{heads} heads, digit {digit}")
@@ -282,9 +284,14 @@ fn leaves_ln10(runs: &[SweepRun]) -> (Figure, Option<String>) {
             })
             .collect();
         fig.traces.push(
-            Trace::series(format!("{label}: median over seeds"), Style::LinesMarkers, widths, medians)
-                .in_group(label)
-                .colored(k),
+            Trace::series(
+                format!("{label}: median over seeds"),
+                Style::LinesMarkers,
+                widths,
+                medians,
+            )
+            .in_group(label)
+            .colored(k),
         );
     }
     const NAMED: usize = 12;
@@ -336,7 +343,11 @@ fn final_loss_heatmap(runs: &[SweepRun], varying: &[String]) -> Result<Figure, S
         let Some(phases) = &run.phases else { continue };
         let final_loss = floats(phases, "final_loss");
         let rows = phase_rows(phases);
-        let values: Vec<f64> = rows.iter().map(|&i| final_loss[i]).filter(|v| v.is_finite()).collect();
+        let values: Vec<f64> = rows
+            .iter()
+            .map(|&i| final_loss[i])
+            .filter(|v| v.is_finite())
+            .collect();
         if values.is_empty() {
             continue;
         }
@@ -355,7 +366,9 @@ fn final_loss_heatmap(runs: &[SweepRun], varying: &[String]) -> Result<Figure, S
         .collect();
     let mut fig = Figure::new(
         "final_loss",
-        format!("Which {ox} and {oy} learn the task? Final eval loss (median over the other options)"),
+        format!(
+            "Which {ox} and {oy} learn the task? Final eval loss (median over the other options)"
+        ),
         Axis::linear(&ox),
         Axis::linear(&oy),
     );
@@ -377,7 +390,14 @@ fn read_status(folder: &Path) -> Option<DataFrame> {
     let path = folder.join("sweep_status.parquet");
     let mut notes = Vec::new();
     path.is_file()
-        .then(|| read_optional(&path, "sweep_status.parquet", "the sweep writes it", &mut notes))
+        .then(|| {
+            read_optional(
+                &path,
+                "sweep_status.parquet",
+                "the sweep writes it",
+                &mut notes,
+            )
+        })
         .flatten()
 }
 
