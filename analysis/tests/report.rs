@@ -321,6 +321,12 @@ fn a_50k_batch_run_stays_under_5_mb_keeps_its_spike_and_draws_loss_on_log_axes()
     for p in &written.pngs {
         check_png(p);
     }
+    // The same figure as SVG, its title as text.
+    assert_eq!(written.svgs.len(), written.pngs.len());
+    let svg = std::fs::read_to_string(dir.join("figures/loss.svg")).unwrap();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
+    assert!(svg.contains("leave ln 10, and where does it settle?"));
+    assert!(svg.contains("<polyline") || svg.contains("<path"));
 }
 
 // ---------------------------------------------------------------------------------------------

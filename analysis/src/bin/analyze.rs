@@ -45,7 +45,7 @@ enum Analysis {
     /// spikes.parquet, spike_attribution.parquet, spike_steps.parquet
     Spikes(SpikeArgs),
     /// Pictures: computes missing analyses, then writes an interactive page (report.html, works
-    /// offline) and the same figures as PNG (figures/*.png) for a run, or for a folder of runs
+    /// offline) and the same figures as PNG and SVG (figures/) for a run, or for a folder of runs
     /// (a sweep) comparing them
     Report(ReportArgs),
 }
@@ -311,7 +311,7 @@ fn report(args: &ReportArgs) -> Result<()> {
         println!("not shown: {m}");
     }
     println!(
-        "report -> {} ({:.1} MB), {} PNG figures in {}",
+        "report -> {} ({:.1} MB), {} figures as PNG and SVG in {}",
         written.html.display(),
         written.html_bytes as f64 / 1e6,
         written.pngs.len(),

@@ -1,6 +1,7 @@
 //! `analyze report`: the pictures of a run or of a folder of runs. One self-contained,
 //! interactive HTML page (`report.html`, plotly.js inlined once, works offline) and the same
-//! figures as PNG (`figures/*.png`, drawn with plotters and a bundled font).
+//! figures as PNG and SVG (`figures/*.png`, `figures/*.svg`, drawn with plotters and a
+//! bundled font).
 //!
 //! Figures are built from the Parquet tables only (plus the run's config for the header), so
 //! anything the report shows can be recomputed from the tables by another tool. The figure
@@ -55,34 +56,40 @@ pub struct Written {
     pub html: PathBuf,
     pub html_bytes: usize,
     pub pngs: Vec<PathBuf>,
+    pub svgs: Vec<PathBuf>,
     /// The page's "not shown" sentences, for the terminal too.
     pub missing: Vec<String>,
 }
 
-/// Builds the page and writes `report.html` and `figures/{id}.png` under `path`. Everything is
+/// Builds the page and writes `report.html` and `figures/{id}.png` and `.svg` under `path`. Everything is
 /// rendered in memory first and every file is written atomically, so a failure leaves the
-/// previous report (or none), never half a file. PNGs of figures no longer in the report (a
+/// previous report (or none), never half a file. Images of figures no longer in the report (a
 /// spike that is gone) are removed.
 pub fn write_report(path: &Path) -> Result<Written> {
     let page = build_page(path)?;
     let html = html::page_html(&page);
     let figures: Vec<&figure::Figure> = page.figures().collect();
-    let pngs: Vec<(String, Vec<u8>)> = figures
+    let images: Vec<(String, Vec<u8>, String)> = figures
         .par_iter()
-        .map(|f| Ok((f.id.clone(), png::figure_png(f)?)))
+        .map(|f| Ok((f.id.clone(), png::figure_png(f)?, png::figure_svg(f)?)))
         .collect::<Result<_>>()?;
 
     let dir = path.join(FIGURES_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
-    for (id, bytes) in &pngs {
+    let mut svgs = Vec::new();
+    for (id, png, svg) in &images {
         let file = dir.join(format!("{id}.png"));
-        write_atomic(&file, bytes)?;
+        write_atomic(&file, png)?;
         written.push(file);
+        let file = dir.join(format!("{id}.svg"));
+        write_atomic(&file, svg.as_bytes())?;
+        svgs.push(file);
     }
     for entry in std::fs::read_dir(&dir)?.flatten() {
         let p = entry.path();
-        if p.extension().is_some_and(|e| e == "png") && !written.contains(&p) {
+        let ours = p.extension().is_some_and(|e| e == "png" || e == "svg");
+        if ours && !written.contains(&p) && !svgs.contains(&p) {
             std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
         }
     }
@@ -92,6 +99,7 @@ pub fn write_report(path: &Path) -> Result<Written> {
         html: html_path,
         html_bytes: html.len(),
         pngs: written,
+        svgs,
         missing: page.missing,
     })
 }

@@ -1,4 +1,4 @@
-//! The figures as PNG for papers and notes, drawn with plotters into memory and encoded with
+//! The figures as PNG and SVG for papers and notes. PNGs are drawn with plotters into memory and encoded with
 //! the `png` crate, so a figure is written atomically like every other file of a run.
 //!
 //! Text is drawn with the bundled DejaVu Sans (`analysis/assets/fonts/`, its licence beside
@@ -123,7 +123,24 @@ fn viridis(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-fn draw(fig: &Figure, root: &DrawingArea<BitMapBackend, Shift>) -> Result<()> {
+/// The figure as an SVG document (text as text, in the DejaVu Sans family).
+pub fn figure_svg(fig: &Figure) -> Result<String> {
+    register_font()?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        draw(fig, &root).map_err(|e| anyhow!("drawing figure {}: {e}", fig.id))?;
+        root.present()
+            .map_err(|e| anyhow!("drawing figure {}: {e}", fig.id))?;
+    }
+    Ok(svg)
+}
+
+/// Draws `fig` on any plotters backend (the PNG bitmap, the SVG document).
+fn draw<DB: DrawingBackend>(fig: &Figure, root: &DrawingArea<DB, Shift>) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     root.fill(&WHITE)?;
     let xs: Vec<Vec<f64>> = fig.traces.iter().map(|t| coords(&t.x, fig.x.log)).collect();
     let ys: Vec<Vec<f64>> = fig.traces.iter().map(|t| coords(&t.y, fig.y.log)).collect();
