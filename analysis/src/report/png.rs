@@ -220,7 +220,7 @@ where
         })
         .label_style((FONT_FAMILY, 13))
         .axis_desc_style((FONT_FAMILY, 15))
-        .light_line_style(&RGBColor(240, 240, 240))
+        .light_line_style(RGBColor(240, 240, 240))
         .draw()?;
 
     let grey = RGBColor(120, 120, 120);
@@ -355,8 +355,8 @@ where
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
             .label_font((FONT_FAMILY, 12))
-            .background_style(&WHITE.mix(0.85))
-            .border_style(&RGBColor(200, 200, 200))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
             .draw()?;
     }
     if shown > MAX_LEGEND && legend {
