@@ -8,7 +8,8 @@
 //! - between them, what the drivers share: [`run`] (a run opened for analysis), [`replay`]
 //!   (every selected snapshot's model, in parallel), [`eval_set`] (the balanced eval set),
 //!   [`activations`] (logits and MLP activations on it), [`attribution`] (loss changes
-//!   allocated to parameter groups) and [`table`] (the long-format rows).
+//!   allocated to parameter groups) and [`table`] (the long-format rows);
+//! - [`report`]: the pictures, an interactive page and PNG/SVG figures drawn from the tables only.
 
 pub mod activations;
 pub mod analyses;
@@ -16,6 +17,7 @@ pub mod attribution;
 pub mod eval_set;
 pub mod metrics;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod table;
 

@@ -13,13 +13,14 @@ use digitlab_analysis::analyses::spikes::{analyze_spikes, SpikeAnalysisOptions};
 use digitlab_analysis::analyses::summary::summarize;
 use digitlab_analysis::metrics::phases::PhaseOptions;
 use digitlab_analysis::metrics::spike_detection::SpikeOptions;
+use digitlab_analysis::report;
 use digitlab_analysis::run::{Run, Selection};
 
 /// Replay the snapshots of a digitlab run into progress measures (Parquet, tidy long format).
 #[derive(Parser)]
 #[command(
     version,
-    after_help = "Examples:\n  analyze loss runs/x\n  analyze all runs/x\n  analyze summary runs/"
+    after_help = "Examples:\n  analyze loss runs/x\n  analyze all runs/x\n  analyze summary runs/\n  analyze report runs/x --open"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,6 +44,30 @@ enum Analysis {
     /// Loss spikes in the training log, replayed and attributed to parameter groups ->
     /// spikes.parquet, spike_attribution.parquet, spike_steps.parquet
     Spikes(SpikeArgs),
+    /// Pictures: computes missing analyses, then writes an interactive page (report.html, works
+    /// offline) and the same figures as PNG and SVG (figures/) for a run, or for a folder of runs
+    /// (a sweep) comparing them
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Options of the analyses computed first (where their tables are missing or out of date).
+    #[command(flatten)]
+    analyses: PhaseArgs,
+    /// Open the page in the default browser.
+    #[arg(long)]
+    open: bool,
+    /// Draw from the tables as they are, without bringing the analyses up to date first.
+    #[arg(long)]
+    no_analyses: bool,
+}
+
+/// `analyze spikes` as a parser of its own, so `report` runs it with exactly its defaults.
+#[derive(Parser)]
+struct SpikesDefaults {
+    #[command(flatten)]
+    args: SpikeArgs,
 }
 
 #[derive(Args)]
@@ -200,6 +225,7 @@ fn run(cli: Cli) -> Result<()> {
             phases(&args)
         }
         Analysis::Spikes(args) => spikes(&args),
+        Analysis::Report(args) => report(&args),
         Analysis::Summary(args) => {
             let (path, skipped) = summarize(
                 &args.run.path,
@@ -230,6 +256,87 @@ fn spikes(args: &SpikeArgs) -> Result<()> {
     for line in analyze_spikes(&run, &options)? {
         println!("{line}");
     }
+    Ok(())
+}
+
+/// Brings the analyses of `args.run.path` (a run, or every run of a folder) up to date, then
+/// writes the report. A failing analysis is reported and skipped: the page says what is missing.
+fn report(args: &ReportArgs) -> Result<()> {
+    let path = &args.analyses.run.path;
+    if !path.is_dir() {
+        anyhow::bail!("{} does not exist or is not a folder", path.display());
+    }
+    let runs = if args.no_analyses {
+        Vec::new()
+    } else if report::is_run(path) {
+        vec![path.clone()]
+    } else {
+        report::sweep_page::run_dirs(path)?
+    };
+    for run in &runs {
+        let one = PhaseArgs {
+            run: RunArgs {
+                path: run.clone(),
+                digits: args.analyses.run.digits.clone(),
+                ..args.analyses.run
+            },
+            ..args.analyses
+        };
+        let all = Run::open(run).and_then(|r| {
+            run_snapshot_analyses(&r, &SnapshotAnalysis::ALL, &one.run.eval_options())?;
+            run_phases(&r, &one.run.eval_options(), &one.phase_options())?;
+            Ok(r)
+        });
+        match all {
+            Ok(r) => {
+                let has_log = r.dir.train_log_path().is_file();
+                if has_log && !r.dir.analysis_path("spikes").is_file() {
+                    let defaults = SpikesDefaults::try_parse_from([
+                        std::ffi::OsString::from("spikes"),
+                        run.clone().into_os_string(),
+                    ])?;
+                    if let Err(e) = spikes(&defaults.args) {
+                        eprintln!("warning: spikes of {}: {e:#}", run.display());
+                    }
+                }
+            }
+            Err(e) => eprintln!(
+                "warning: analyses of {} not brought up to date: {e:#}",
+                run.display()
+            ),
+        }
+    }
+    let written = report::write_report(path)?;
+    for m in &written.missing {
+        println!("not shown: {m}");
+    }
+    println!(
+        "report -> {} ({:.1} MB), {} figures as PNG and SVG in {}",
+        written.html.display(),
+        written.html_bytes as f64 / 1e6,
+        written.pngs.len(),
+        path.join(report::FIGURES_DIR).display()
+    );
+    if args.open {
+        open_in_browser(&written.html)?;
+    }
+    Ok(())
+}
+
+/// Opens a file with the desktop's default program; the platforms' own openers are one call,
+/// not worth a dependency.
+fn open_in_browser(file: &std::path::Path) -> Result<()> {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if cfg!(target_os = "windows") {
+        "explorer"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener)
+        .arg(file)
+        .spawn()
+        .with_context(|| format!("cannot start {opener} to open {}", file.display()))?;
     Ok(())
 }
 
