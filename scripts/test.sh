@@ -43,6 +43,28 @@ setup_python() {
   echo "installed"
 }
 
+# --- System packages: a real headless Chromium for the report tests -------------------------
+# From Debian's packages, because the browser tests drive a real browser, not a mock. Without
+# root or apt-get the step says so, and the tests that need the browser report themselves as
+# skipped with the reason.
+SYSTEM_PACKAGES=(chromium chromium-driver fonts-dejavu-core)
+setup_system_packages() {
+  section "system packages (${SYSTEM_PACKAGES[*]})"
+  if dpkg -s "${SYSTEM_PACKAGES[@]}" >/dev/null 2>&1; then
+    echo "up to date"
+    return 0
+  fi
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "skipped: installing ${SYSTEM_PACKAGES[*]} needs root and apt-get; the tests that need them will say they were skipped"
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get update -qq && apt-get install -y -qq "${SYSTEM_PACKAGES[@]}" >/dev/null; }; then
+    echo "warning: apt-get could not install ${SYSTEM_PACKAGES[*]}; the tests that need them will say they were skipped"
+  fi
+  return 0
+}
+
 # --- Rust tests (also builds the debug binaries the Python tests run) ------------------------
 rust_tests() {
   section "cargo test --workspace"
@@ -52,7 +74,7 @@ rust_tests() {
 # --- Python tests: reading the run directory with numpy, safetensors, polars, pyarrow --------
 python_tests() {
   section "pytest tests/python"
-  "$VENV/bin/python" -m pytest -q tests/python
+  "$VENV/bin/python" -m pytest -q -rs tests/python
 }
 
 run() {
@@ -61,6 +83,7 @@ run() {
 
 main() {
   local python_ready=1
+  setup_system_packages
   setup_python || { failed+=(setup_python); python_ready=0; }
   run rust_tests
   if ((python_ready)); then
