@@ -9,6 +9,7 @@ pub mod config;
 pub mod model;
 pub mod optim;
 pub mod output_stats;
+pub mod resources;
 pub mod step;
 pub mod task;
 pub mod threads;
