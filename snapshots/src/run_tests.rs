@@ -37,7 +37,13 @@ fn create_writes_config_manifest_and_folder_and_open_reads_them() {
     run.set_config(&json!({"seed": 1, "steps": 200})).unwrap();
     let reopened = RunDir::open(run.root()).unwrap();
     assert_eq!(reopened.config(), &json!({"seed": 1, "steps": 200}));
-    assert_eq!(reopened.manifest(), &crate::Manifest::default());
+    assert_eq!(
+        reopened.manifest(),
+        &crate::Manifest {
+            config_hash: Some(crate::run_config_hash(&json!({"seed": 1}))),
+            ..crate::Manifest::default()
+        }
+    );
     assert_eq!(reopened.manifest().format, "digitlab-run-v1");
 }
 
