@@ -148,8 +148,8 @@ impl TrainConfig {
         if o.lr / (1.0 - o.beta1.clamp(0.0, 0.999_999)) > f32_max || o.lr * o.weight_decay > f32_max
         {
             bail!(
-                "--lr {} is too large: the optimizer computes in f32, where lr / (1 - beta1) and \
-                 lr * weight_decay must stay below {f32_max:e}",
+                "--lr {:e} is too large: the optimizer computes in f32, where lr / (1 - beta1) \
+                 and lr * weight_decay must stay below {f32_max:.3e}",
                 o.lr
             );
         }

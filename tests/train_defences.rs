@@ -175,7 +175,7 @@ fn options_that_cannot_work_are_refused_before_anything_is_written() {
     let root = scratch("options");
     let cases: &[(&[&str], &[&str])] = &[
         (&["--threads", "0"], &["--threads must be at least 1"]),
-        (&["--lr", "1e300"], &["--lr 1e300", "too large"]),
+        (&["--lr", "1e300"], &["--lr 1e300 is too large"]),
         (&["--lr", "NaN"], &["--lr"]),
         (&["--lr", "inf"], &["--lr"]),
         (&["--eps", "1e-60"], &["--eps"]),
