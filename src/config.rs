@@ -64,14 +64,16 @@ impl Perturbation {
 
 impl TrainConfig {
     /// The config a run directory was trained with (its `config.json`), as `train --resume`,
-    /// the analyses and the examples read it.
+    /// the analyses and the examples read it: parsed, then checked by
+    /// [`TrainConfig::validate`] exactly as one from the command line (same messages), so a
+    /// config edited on disk can never reach code that assumes a valid one.
     pub fn from_run(run: &RunDir) -> Result<TrainConfig> {
-        serde_json::from_value(run.config().clone()).with_context(|| {
-            format!(
-                "{} is not a digitlab training config",
-                run.root().join("config.json").display()
-            )
-        })
+        let path = run.root().join("config.json");
+        let cfg: TrainConfig = serde_json::from_value(run.config().clone())
+            .with_context(|| format!("{} is not a digitlab training config", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{} holds a config that cannot be trained", path.display()))?;
+        Ok(cfg)
     }
 
     /// The defaults of docs/metrics.md, 'The model', and of `train`: 5-digit prompt layout, units
@@ -86,7 +88,7 @@ impl TrainConfig {
                 n_layers: 1,
                 d_model,
                 n_heads,
-                d_mlp: 4 * d_model,
+                d_mlp: d_model.saturating_mul(4),
                 d_vocab: crate::task::D_VOCAB,
                 d_vocab_out: crate::task::D_VOCAB,
                 n_ctx,
@@ -120,9 +122,28 @@ impl TrainConfig {
                 self.task.n_ctx()
             );
         }
+        if self.model.d_vocab != crate::task::D_VOCAB {
+            bail!(
+                "model d_vocab {} does not match the task's {} tokens",
+                self.model.d_vocab,
+                crate::task::D_VOCAB
+            );
+        }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             bail!("--lr must be a positive number, got {}", o.lr);
+        }
+        // The update runs in f32: its first step size lr / (1 - beta1) and the decay
+        // lr * weight_decay must be f32 numbers, or the first step turns every weight into
+        // inf or NaN.
+        let f32_max = f64::from(f32::MAX);
+        if o.lr / (1.0 - o.beta1.clamp(0.0, 0.999_999)) > f32_max || o.lr * o.weight_decay > f32_max
+        {
+            bail!(
+                "--lr {:e} is too large: the optimizer computes in f32, where lr / (1 - beta1) \
+                 and lr * weight_decay must stay below {f32_max:.3e}",
+                o.lr
+            );
         }
         if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
             bail!(
@@ -133,7 +154,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {
             bail!("--beta1 and --beta2 must be in [0, 1)");
         }
-        if !(o.eps.is_finite() && o.eps > 0.0) {
+        if !(o.eps.is_finite() && o.eps as f32 > 0.0) {
             bail!("--eps must be positive, got {}", o.eps);
         }
         if let Some(clip) = o.grad_clip {
@@ -154,6 +175,12 @@ impl TrainConfig {
             bail!("--checkpoint-every must be at least 1");
         }
         if let Some(p) = &self.perturbation {
+            if !p.factor.is_finite() {
+                bail!(
+                    "--perturb: the factor must be a finite number, got {}",
+                    p.factor
+                );
+            }
             if p.batch == 0 || p.batch > self.steps {
                 bail!("--perturb: the batch must be between 1 and --steps");
             }
@@ -172,10 +199,6 @@ impl TrainConfig {
     /// Identifies the trajectory: the hash of the config without the step count (which
     /// `--resume --steps` may change without changing any snapshot).
     pub fn trajectory_hash(&self) -> String {
-        let mut value = serde_json::to_value(self).expect("config serialises");
-        if let Some(map) = value.as_object_mut() {
-            map.remove("steps");
-        }
-        digitlab_snapshots::config_hash(&value)
+        digitlab_snapshots::run_config_hash(&serde_json::to_value(self).expect("config serialises"))
     }
 }

@@ -10,6 +10,7 @@ pub mod log_softmax;
 pub mod model;
 pub mod optim;
 pub mod output_stats;
+pub mod resources;
 pub mod step;
 pub mod task;
 pub mod threads;

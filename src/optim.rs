@@ -113,8 +113,10 @@ struct UpdateRule {
     grad_scale: f32,
 }
 
-/// Elements per group: the sums of squares are kept in this many f32 lanes so the loop
-/// vectorises (a single f64 accumulator would serialise it), then added up in f64.
+/// Elements per group: the sums of squares are kept in this many f64 lanes so the loop
+/// vectorises (a single accumulator would serialise it), then added up. The squares are taken
+/// in f64: in f32 a gradient or weight above 1.8e19 would square to infinity (and f32 lanes
+/// overflow long before that), giving an infinite norm for finite weights.
 const LANES: usize = 16;
 
 /// Elements per block of the parallel update. Blocks are fixed by position, not by thread
@@ -146,7 +148,7 @@ impl UpdateRule {
     /// Updates one tensor in place; returns the sums of squares of the raw gradient, the new
     /// weights and the update.
     fn apply(&self, theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) -> [f64; 3] {
-        let mut lanes = [[0f32; LANES]; 3];
+        let mut lanes = [[0f64; LANES]; 3];
         let n = theta.len() - theta.len() % LANES;
         for (((t, g), m), v) in theta[..n]
             .chunks_exact_mut(LANES)
@@ -161,19 +163,20 @@ impl UpdateRule {
                 lanes[2][l] += u2;
             }
         }
-        let mut sums = lanes.map(|lane| lane.iter().map(|&x| f64::from(x)).sum::<f64>());
+        let mut sums = lanes.map(|lane| lane.iter().sum::<f64>());
         for j in n..theta.len() {
             let squares = self.one(&mut theta[j], grad[j], &mut m[j], &mut v[j]);
             for (sum, sq) in sums.iter_mut().zip(squares) {
-                *sum += f64::from(sq);
+                *sum += sq;
             }
         }
         sums
     }
 
     /// PyTorch's order: decay, lerp the first moment, the second moment, then the step.
+    /// Returns the squares (in f64) of the raw gradient, the new weight and the update.
     #[inline(always)]
-    fn one(&self, theta: &mut f32, raw_grad: f32, m: &mut f32, v: &mut f32) -> [f32; 3] {
+    fn one(&self, theta: &mut f32, raw_grad: f32, m: &mut f32, v: &mut f32) -> [f64; 3] {
         let grad = raw_grad * self.grad_scale;
         let old = *theta;
         *m += (1.0 - self.beta1) * (grad - *m);
@@ -181,14 +184,15 @@ impl UpdateRule {
         let denom = v.sqrt() / self.bias_correction2_sqrt + self.eps;
         let new = old * self.decay - self.step_size * (*m / denom);
         *theta = new;
-        [raw_grad * raw_grad, new * new, (new - old) * (new - old)]
+        let square = |x: f32| f64::from(x) * f64::from(x);
+        [square(raw_grad), square(new), square(new - old)]
     }
 }
 
-/// `sum x^2` in f64, accumulated in f32 lanes so it vectorises (the gradient norm of a
-/// d_model 512 model is 3 million squares a step).
+/// `sum x^2` in f64 (squares included, see [`LANES`]), in lanes so it vectorises (the
+/// gradient norm of a d_model 512 model is 3 million squares a step).
 pub fn sum_of_squares(x: &[f32]) -> f64 {
-    let mut lanes = [0f32; LANES];
+    let mut lanes = [0f64; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest: f64 = chunks
         .remainder()
@@ -197,8 +201,8 @@ pub fn sum_of_squares(x: &[f32]) -> f64 {
         .sum();
     for chunk in chunks {
         for l in 0..LANES {
-            lanes[l] += chunk[l] * chunk[l];
+            lanes[l] += f64::from(chunk[l]) * f64::from(chunk[l]);
         }
     }
-    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + rest
+    lanes.iter().sum::<f64>() + rest
 }

@@ -57,6 +57,12 @@ impl TaskConfig {
         if self.targets.is_empty() {
             bail!("no target digit: pass --digit K or --digits K,L,… or --digits all");
         }
+        if self.targets.windows(2).any(|w| w[0] >= w[1]) {
+            bail!(
+                "the target digits {:?} must be distinct and in increasing order",
+                self.targets
+            );
+        }
         if let Some(&k) = self.targets.iter().find(|&&k| k > n) {
             bail!("target digit {k} does not exist: a {n}-digit sum has digits 0 (units) to {n}");
         }

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{Perturbation, TrainConfig};
 use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::{digit_losses, output_stats};
+use crate::resources::MemoryNeed;
 use crate::step::loss_and_grads;
 use crate::task::training_batch;
 use crate::writer::{RunWriter, WriteJob};
@@ -186,73 +187,86 @@ fn trained<T>(cfg: &TrainConfig, items: impl IntoIterator<Item = T>) -> impl Ite
         .map(|(_, item)| item)
 }
 
-/// A new run directory at `dir` for `cfg` (validated first, so nothing is written for a bad
-/// config), with the initial state and an empty log: the arguments [`train`] starts from.
+/// A new run directory at `dir` for `cfg`, holding the run's lock, with the initial state and
+/// an empty log: the arguments [`train`] starts from. The config is validated and its memory
+/// estimate checked against the machine first, so nothing is written for a run that cannot
+/// start.
 pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, TrainState, TrainLog)> {
     cfg.validate()?;
+    check_memory(cfg)?;
     let run = RunDir::create(dir, &serde_json::to_value(cfg)?)?;
-    let log = TrainLog {
+    Ok((run, TrainState::new(cfg), empty_log(cfg)))
+}
+
+/// The log of a run before its first batch: the trained digits and tensors, no rows.
+fn empty_log(cfg: &TrainConfig) -> TrainLog {
+    TrainLog {
         digits: cfg.task.targets.clone(),
         tensor_names: trained(cfg, cfg.model.param_specs())
             .map(|s| s.name)
             .collect(),
         rows: Vec::new(),
-    };
-    Ok((run, TrainState::new(cfg), log))
+    }
 }
 
-/// An existing run directory made ready to continue from its newest checkpoint, with the step
-/// count changed to `steps` if given: what `train --resume` and [`train`] start from. The log
-/// is cut at the checkpoint and later snapshots dropped; they are rewritten identically.
+/// An existing run directory made ready to continue from its newest checkpoint (from batch 0
+/// if it was stopped before its first), with the step count changed to `steps` if given: what
+/// `train --resume` and [`train`] start from. The run is locked for this process; its config
+/// is validated like one from the command line and checked against the checkpoint and the
+/// log (the config hash each carries). The log is cut at the checkpoint and later snapshots
+/// dropped; they are rewritten identically.
 pub fn resume_run(
     dir: &std::path::Path,
     steps: Option<u64>,
 ) -> Result<(TrainConfig, RunDir, TrainState, TrainLog)> {
-    let mut run = RunDir::open(dir)?;
+    let mut run = RunDir::open_locked(dir)?;
     let mut cfg = TrainConfig::from_run(&run)?;
     if let Some(steps) = steps {
         cfg.steps = steps;
     }
     cfg.validate()?;
-    let manifest_path = dir.join("manifest.json");
-    let entry = run
-        .manifest()
-        .checkpoints
-        .last()
-        .cloned()
-        .with_context(|| {
-            format!(
-                "{} lists no checkpoint to resume from",
-                manifest_path.display()
-            )
-        })?;
-    if entry.batch > cfg.steps {
-        bail!(
-            "the run already has a checkpoint at batch {}, beyond --steps {}: pass a larger --steps",
-            entry.batch,
-            cfg.steps
-        );
-    }
-    let checkpoint = run.read_checkpoint(&entry)?;
-    let state = TrainState::from_checkpoint(&cfg, checkpoint)?;
-    let mut log = run.read_train_log()?.with_context(|| {
-        format!(
-            "{} is missing; cannot resume its log",
-            run.train_log_path().display()
-        )
-    })?;
-    log.truncate(state.batch);
-    if log.rows.len() as u64 != state.batch {
-        bail!(
-            "{} has {} rows before batch {}, the newest checkpoint; it should have one per batch",
-            run.train_log_path().display(),
-            log.rows.len(),
-            state.batch
-        );
-    }
+    check_memory(&cfg)?;
+    let (state, log) = match run.manifest().checkpoints.last().cloned() {
+        Some(entry) => {
+            if entry.batch > cfg.steps {
+                bail!(
+                    "the run already has a checkpoint at batch {}, beyond --steps {}: pass a \
+                     larger --steps",
+                    entry.batch,
+                    cfg.steps
+                );
+            }
+            let state = TrainState::from_checkpoint(&cfg, run.read_checkpoint(&entry)?)?;
+            let mut log = run.read_train_log()?.with_context(|| {
+                format!(
+                    "{} is missing; cannot resume its log",
+                    run.train_log_path().display()
+                )
+            })?;
+            log.truncate(state.batch);
+            if log.rows.len() as u64 != state.batch {
+                bail!(
+                    "{} has {} rows before batch {}, the newest checkpoint; it should have one \
+                     per batch",
+                    run.train_log_path().display(),
+                    log.rows.len(),
+                    state.batch
+                );
+            }
+            (state, log)
+        }
+        // Stopped before its first checkpoint: batch 0 is a function of the config alone.
+        None => (TrainState::new(&cfg), empty_log(&cfg)),
+    };
     run.truncate_after(state.batch)?;
     run.set_config(&serde_json::to_value(&cfg)?)?;
     Ok((cfg, run, state, log))
+}
+
+/// Refuse a run whose memory estimate exceeds what the machine can give.
+fn check_memory(cfg: &TrainConfig) -> Result<()> {
+    MemoryNeed::of_training(cfg)
+        .check_machine("use a smaller --batch-size, --d-model, --d-mlp, --n-layers or --steps")
 }
 
 /// Trains from `state` to `cfg.steps`, writing snapshots, checkpoints and the log into `run`.
@@ -264,9 +278,9 @@ pub fn train(
     mut log: TrainLog,
     progress: bool,
 ) -> Result<()> {
+    // The run directory adds the config hash to every snapshot.
     let metadata = BTreeMap::from([
         ("format".to_string(), "digitlab-snapshot-v1".to_string()),
-        ("config_hash".to_string(), cfg.trajectory_hash()),
         ("digitlab_version".to_string(), cfg.digitlab_version.clone()),
     ]);
     let mut writer = RunWriter::spawn(run, metadata);

@@ -267,3 +267,45 @@ fn clip_scale_is_max_norm_over_norm_above_the_threshold_only() {
     );
     close(f64::from(cfg.clip_scale(1e4)), 2e-4, 1e-5, "clip at 1e4");
 }
+
+/// Weights and gradients around 3e19 are finite in f32, but their squares are not: the norms
+/// must still come out finite and right (squares and sums in f64).
+#[test]
+fn norms_of_huge_finite_values_do_not_overflow() {
+    let big = 3e19f32;
+    // 37 elements: two vectorised groups and a remainder.
+    let n = 37;
+    let mut theta = vec![big; n];
+    let grad = vec![-big; n];
+    let mut adam = AdamW::new(&[n]);
+    let cfg = config(1e-3, 0.0);
+    let stats = adam.update(
+        &cfg,
+        1e-3,
+        &mut [theta.as_mut_slice()],
+        &[grad.clone()],
+        1.0,
+    );
+    let expected_grad = norm(grad.iter().map(|&g| f64::from(g)));
+    assert!(expected_grad.is_finite() && expected_grad < f64::from(f32::MAX));
+    close(
+        f64::from(stats[0].grad_norm),
+        expected_grad,
+        1e-6,
+        "grad norm",
+    );
+    let expected_weight = norm(theta.iter().map(|&w| f64::from(w)));
+    close(
+        f64::from(stats[0].weight_norm),
+        expected_weight,
+        1e-6,
+        "weight norm",
+    );
+    assert!(theta.iter().all(|w| w.is_finite()));
+    close(
+        digitlab::optim::sum_of_squares(&grad),
+        n as f64 * f64::from(big) * f64::from(big),
+        1e-12,
+        "sum of squares",
+    );
+}

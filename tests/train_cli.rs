@@ -7,91 +7,13 @@
 
 mod common;
 
-use common::scratch;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{assert_refused, log_rows, manifest, run, run_ok, scratch, small, strs, train, tree};
 use digitlab::config::TrainConfig;
-use digitlab_snapshots::{LogRow, Manifest, RunDir};
-
-const SMALL: [&str; 9] = [
-    "--d-model",
-    "16",
-    "--n-heads",
-    "2",
-    "--snapshot-every",
-    "20",
-    "--checkpoint-every",
-    "40",
-    "-q",
-];
-
-fn train() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_train"))
-}
-
-fn run(args: &[&str]) -> Output {
-    train().args(args).output().expect("run train")
-}
-
-fn run_ok(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "train {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn small(steps: u64, dir: &Path) -> Vec<String> {
-    let mut args: Vec<String> = SMALL.iter().map(|s| s.to_string()).collect();
-    args.extend([
-        "--steps".to_string(),
-        steps.to_string(),
-        dir.display().to_string(),
-    ]);
-    args
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-fn manifest(dir: &Path) -> Manifest {
-    RunDir::open(dir).unwrap().manifest().clone()
-}
-
-fn log_rows(dir: &Path) -> Vec<LogRow> {
-    RunDir::open(dir)
-        .unwrap()
-        .read_train_log()
-        .unwrap()
-        .expect("train_log.parquet exists")
-        .rows
-}
-
-/// Every file under `dir` with its bytes.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.insert(
-                    path.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&path).unwrap(),
-                );
-            }
-        }
-    }
-    files
-}
+use digitlab_snapshots::{Manifest, RunDir};
 
 /// The two runs have equal manifests, byte-identical listed files and config, equal logs.
 fn assert_same_run(a: &Path, b: &Path) {
@@ -284,20 +206,6 @@ fn resume_with_more_steps_equals_training_that_far_directly() {
     assert_eq!(log_rows(&extended), log_rows(&direct));
     assert_eq!(log_rows(&direct).len(), 220);
     std::fs::remove_dir_all(&root).unwrap();
-}
-
-/// Runs `train` with `args` and the run directory `dir` last; it must exit with status 2, say
-/// something containing every one of `expected` on stderr, and leave `dir` as it was.
-fn assert_refused(args: &[&str], expected: &[&str]) {
-    let out = run(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "train {args:?}: {stderr}");
-    for e in expected {
-        assert!(
-            stderr.contains(e),
-            "train {args:?}: stderr does not mention `{e}`: {stderr}"
-        );
-    }
 }
 
 #[test]

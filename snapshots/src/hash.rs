@@ -23,6 +23,23 @@ pub fn config_hash(config: &Value) -> String {
     hex
 }
 
+/// The config hash that ties every file of a run to its `config.json`: [`config_hash`] of the
+/// config without its top-level `steps`, the one field a resume may change (`train --resume
+/// --steps N`) without changing any snapshot already written.
+pub fn run_config_hash(config: &Value) -> String {
+    match config {
+        Value::Object(map) if map.contains_key(STEPS) => {
+            let mut map = map.clone();
+            map.remove(STEPS);
+            config_hash(&Value::Object(map))
+        }
+        other => config_hash(other),
+    }
+}
+
+/// The config key excluded from [`run_config_hash`].
+const STEPS: &str = "steps";
+
 /// `value` with the keys of every object in sorted order.
 fn canonical(value: &Value) -> Value {
     match value {
@@ -63,5 +80,18 @@ mod tests {
         assert_ne!(config_hash(&a), config_hash(&c));
         let expected = sha256_hex(br#"{"lr":0.001,"model":{"d_model":2,"n_heads":2},"seed":1}"#);
         assert_eq!(config_hash(&a), expected[..16]);
+    }
+
+    #[test]
+    fn run_config_hash_ignores_only_the_step_count() {
+        let a = json!({"lr": 0.001, "steps": 100, "seed": 1});
+        let b = json!({"lr": 0.001, "steps": 900, "seed": 1});
+        let c = json!({"lr": 0.001, "steps": 100, "seed": 2});
+        assert_eq!(run_config_hash(&a), run_config_hash(&b));
+        assert_ne!(run_config_hash(&a), run_config_hash(&c));
+        assert_eq!(
+            run_config_hash(&a),
+            config_hash(&json!({"lr": 0.001, "seed": 1}))
+        );
     }
 }

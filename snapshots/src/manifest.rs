@@ -32,6 +32,10 @@ pub struct Manifest {
     pub snapshots: Vec<FileEntry>,
     /// Optimizer checkpoints.
     pub checkpoints: Vec<FileEntry>,
+    /// [`crate::run_config_hash`] of the run's `config.json`, so an edited or foreign config
+    /// is noticed when the run is opened (absent in manifests of older digitlab versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 impl Default for Manifest {
@@ -41,6 +45,7 @@ impl Default for Manifest {
             format: MANIFEST_FORMAT.to_string(),
             snapshots: Vec::new(),
             checkpoints: Vec::new(),
+            config_hash: None,
         }
     }
 }
@@ -86,6 +91,11 @@ impl Manifest {
                 self.format
             ));
         }
+        if let Some(hash) = &self.config_hash {
+            if hash.len() != 16 || !is_lower_hex(hash) {
+                return Err(format!("config_hash {hash:?} is not 16 hex digits"));
+            }
+        }
         validate_list("snapshots", &self.snapshots, snapshot_file)?;
         validate_list("checkpoints", &self.checkpoints, checkpoint_file)
     }
@@ -110,15 +120,29 @@ fn validate_list(what: &str, list: &[FileEntry], file_of: fn(u64) -> String) -> 
                 file_of(e.batch)
             ));
         }
-        let hex = e.sha256.len() == 64
-            && e.sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !hex {
+        if e.sha256.len() != 64 || !is_lower_hex(&e.sha256) {
             return Err(format!("{} has a malformed sha256", e.file));
         }
     }
     Ok(())
+}
+
+/// Whether `text` is made of lower-case hex digits only.
+fn is_lower_hex(text: &str) -> bool {
+    text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Manifest {
+    /// The newest batch any entry lists (snapshot or checkpoint), if any.
+    pub(crate) fn last_batch(&self) -> Option<u64> {
+        let last = |list: &[FileEntry]| list.last().map(|e| e.batch);
+        last(&self.snapshots).max(last(&self.checkpoints))
+    }
+
+    /// Whether the manifest lists no file at all (a run stopped before its first snapshot).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.snapshots.is_empty() && self.checkpoints.is_empty()
+    }
 }
 
 /// Insert `entry` into the sorted `list`, replacing an entry of the same batch.

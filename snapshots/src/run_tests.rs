@@ -11,14 +11,14 @@ use crate::test_support::{sample, sample_log, TestDir};
 use crate::{Checkpoint, NamedTensor, RunDir, RunError};
 
 /// A new run in a fresh folder (kept alive by the returned guard).
-fn new_run(label: &str) -> (TestDir, RunDir) {
+pub(crate) fn new_run(label: &str) -> (TestDir, RunDir) {
     let dir = TestDir::new(label);
     let run = RunDir::create(&dir.path().join("run"), &json!({"seed": 1, "steps": 100})).unwrap();
     (dir, run)
 }
 
 /// Flip one bit of `path` at byte `at`.
-fn flip_byte(path: &std::path::Path, at: usize) {
+pub(crate) fn flip_byte(path: &std::path::Path, at: usize) {
     let mut bytes = fs::read(path).unwrap();
     bytes[at] ^= 0x10;
     fs::write(path, bytes).unwrap();
@@ -37,7 +37,13 @@ fn create_writes_config_manifest_and_folder_and_open_reads_them() {
     run.set_config(&json!({"seed": 1, "steps": 200})).unwrap();
     let reopened = RunDir::open(run.root()).unwrap();
     assert_eq!(reopened.config(), &json!({"seed": 1, "steps": 200}));
-    assert_eq!(reopened.manifest(), &crate::Manifest::default());
+    assert_eq!(
+        reopened.manifest(),
+        &crate::Manifest {
+            config_hash: Some(crate::run_config_hash(&json!({"seed": 1}))),
+            ..crate::Manifest::default()
+        }
+    );
     assert_eq!(reopened.manifest().format, "digitlab-run-v1");
 }
 
@@ -46,7 +52,10 @@ fn create_accepts_an_empty_folder_and_refuses_a_used_one() {
     let dir = TestDir::new("create-refuse");
     let empty = dir.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    RunDir::create(&empty, &json!({})).unwrap();
+    let mut run = RunDir::create(&empty, &json!({})).unwrap();
+    let (tensors, metadata) = sample();
+    run.write_snapshot(0, &tensors, &metadata).unwrap();
+    drop(run);
 
     // Now `empty` holds a run: a second create must refuse, naming it and the way out.
     let err = RunDir::create(&empty, &json!({})).unwrap_err();
@@ -122,7 +131,9 @@ fn snapshot_round_trip_with_correct_manifest_entry() {
     expected.sort_by(|a, b| a.name.cmp(&b.name));
     assert_eq!(snap.batch, 50);
     assert_eq!(snap.tensors, expected);
-    assert_eq!(snap.metadata, metadata);
+    let mut stamped = metadata.clone();
+    stamped.insert(crate::CONFIG_HASH_KEY.into(), run.config_hash().into());
+    assert_eq!(snap.metadata, stamped);
 
     // Rewriting the same batch gives identical bytes and a single entry.
     let again = run.write_snapshot(50, &tensors, &metadata).unwrap();
@@ -165,7 +176,8 @@ fn flipped_or_truncated_snapshot_is_damaged_naming_the_file() {
 #[test]
 fn compressed_snapshot_written_elsewhere_reads_back() {
     let (_dir, mut run) = new_run("precompressed");
-    let (tensors, metadata) = sample();
+    let (tensors, mut metadata) = sample();
+    metadata.insert(crate::CONFIG_HASH_KEY.into(), run.config_hash().into());
     let (bytes, raw_len, sha) = crate::compress_snapshot(&tensors, &metadata).unwrap();
     let entry = run
         .write_compressed_snapshot(3, &bytes, raw_len, sha)
@@ -184,7 +196,7 @@ fn compressed_snapshot_written_elsewhere_reads_back() {
 }
 
 /// A checkpoint whose moments exist only for some parameters (biases are not trained).
-fn sample_checkpoint(batch: u64) -> Checkpoint {
+pub(crate) fn sample_checkpoint(batch: u64) -> Checkpoint {
     let t = |name: &str, x: f32| NamedTensor {
         name: name.into(),
         shape: vec![2],

@@ -8,10 +8,11 @@ use anyhow::{bail, Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use digitlab::config::{Perturbation, TrainConfig};
+use digitlab::resources::bounded_threads;
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::default_threads;
 use digitlab::train::{new_run, resume_run, train, TrainState};
-use digitlab_snapshots::{RunDir, TrainLog};
+use digitlab_snapshots::{RunDir, RunError, TrainLog};
 
 /// Train a 1-layer transformer on n-digit addition, writing weight snapshots (zstd-compressed
 /// safetensors with TransformerLens names), optimizer checkpoints and a per-batch log.
@@ -98,8 +99,25 @@ struct Args {
     quiet: bool,
 }
 
-/// A user error (bad option, unusable directory): exit status 2, nothing written.
-struct UsageError(anyhow::Error);
+/// Why `train` stopped, with the exit status to end with: 2 when the input was refused
+/// before training started (bad option, unusable, damaged, foreign or locked run directory,
+/// a run too big for the machine); 1 when the work failed (a write failed, e.g. a full disk;
+/// the loss diverged). See [`RunError::exit_status`] for the same convention in the library.
+struct Failure {
+    error: anyhow::Error,
+    status: u8,
+}
+
+impl Failure {
+    /// `error` with the status of the [`RunError`] behind it, or `default`.
+    fn new(error: anyhow::Error, default: u8) -> Failure {
+        let status = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<RunError>())
+            .map_or(default, RunError::exit_status);
+        Failure { error, status }
+    }
+}
 
 fn main() -> ExitCode {
     let matches = Args::command().get_matches();
@@ -110,28 +128,36 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match run(args) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(UsageError(e))) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { error, status }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(status)
         }
     }
 }
 
-fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
-    let (quiet, threads) = (args.quiet, args.threads);
+fn run(args: Args) -> std::result::Result<(), Failure> {
+    let refused = |e| Failure::new(e, 2);
+    let quiet = args.quiet;
+    // Every check before anything is written: the options, then (in the preparation) the
+    // config, the memory estimate and the run directory.
+    let requested = args
+        .threads
+        .map(bounded_threads)
+        .transpose()
+        .map_err(refused)?;
     let prepared = match &args.resume {
         Some(dir) => resume_run(dir, args.steps),
         None => prepare_new(&args),
     };
-    let (cfg, run, state, log) = match prepared {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(UsageError(e))),
+    let (cfg, run, state, log) = prepared.map_err(refused)?;
+    let (threads, note) = match requested {
+        Some(checked) => checked,
+        None => bounded_threads(default_threads(cfg.model.d_model)).map_err(refused)?,
     };
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
     eprintln!(
         "training {} trained parameters ({} layer, d_model {}, {} heads, d_mlp {}) on {}-digit \
          addition, digit(s) {:?}, {} layout; batches {}..{} into {}",
@@ -147,9 +173,8 @@ fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
         cfg.steps,
         run.root().display()
     );
-    digitlab::threads::set_threads(threads.unwrap_or(default_threads(cfg.model.d_model)));
-    train(&cfg, run, state, log, !quiet)?;
-    Ok(Ok(()))
+    digitlab::threads::set_threads(threads);
+    train(&cfg, run, state, log, !quiet).map_err(|e| Failure::new(e, 1))
 }
 
 type Prepared = (TrainConfig, RunDir, TrainState, TrainLog);
@@ -168,7 +193,7 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
     };
     let mut cfg = TrainConfig::default_for(task, args.d_model, args.n_heads);
     cfg.model.n_layers = args.n_layers;
-    cfg.model.d_mlp = args.d_mlp.unwrap_or(4 * args.d_model);
+    cfg.model.d_mlp = args.d_mlp.unwrap_or(args.d_model.saturating_mul(4));
     cfg.model.d_vocab_out = args.d_vocab_out;
     let o = &mut cfg.optimizer;
     (o.lr, o.beta1, o.beta2, o.eps) = (args.lr, args.beta1, args.beta2, args.eps);
@@ -178,7 +203,9 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
     cfg.steps = args.steps.unwrap_or(cfg.steps);
     cfg.seed = args.seed;
     cfg.snapshot_every = args.snapshot_every;
-    cfg.checkpoint_every = args.checkpoint_every.unwrap_or(10 * args.snapshot_every);
+    cfg.checkpoint_every = args
+        .checkpoint_every
+        .unwrap_or(args.snapshot_every.saturating_mul(10));
     cfg.perturbation = args
         .perturb
         .as_deref()
