@@ -96,6 +96,9 @@ struct Args {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// Only check the options: print the config the run would have (JSON) and write nothing.
+    #[arg(long, conflicts_with = "resume")]
+    check: bool,
 }
 
 /// A user error (bad option, unusable directory): exit status 2, nothing written.
@@ -124,6 +127,14 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
     let (quiet, threads) = (args.quiet, args.threads);
+    if args.check {
+        let checked = config_from_args(&args).and_then(|cfg| {
+            cfg.validate()?;
+            println!("{}", serde_json::to_string(&cfg)?);
+            Ok(())
+        });
+        return Ok(checked.map_err(UsageError));
+    }
     let prepared = match &args.resume {
         Some(dir) => resume_run(dir, args.steps),
         None => prepare_new(&args),
@@ -155,6 +166,14 @@ fn run(args: Args) -> Result<std::result::Result<(), UsageError>> {
 type Prepared = (TrainConfig, RunDir, TrainState, TrainLog);
 
 fn prepare_new(args: &Args) -> Result<Prepared> {
+    let cfg = config_from_args(args)?;
+    let run_dir = args.run_dir.as_ref().context("no run directory given")?;
+    let (run, state, log) = new_run(&cfg, run_dir)?;
+    Ok((cfg, run, state, log))
+}
+
+/// The config of a new run from the options (not validated yet).
+fn config_from_args(args: &Args) -> Result<TrainConfig> {
     let n = args.n_digits;
     let targets = match (&args.digit, &args.digits) {
         (Some(k), _) => vec![*k],
@@ -184,9 +203,7 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
         .as_deref()
         .map(Perturbation::parse)
         .transpose()?;
-    let run_dir = args.run_dir.as_ref().context("no run directory given")?;
-    let (run, state, log) = new_run(&cfg, run_dir)?;
-    Ok((cfg, run, state, log))
+    Ok(cfg)
 }
 
 /// `--resume` continues a run with its own config: only the step count, the threads and the
