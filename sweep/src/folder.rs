@@ -11,7 +11,7 @@
 //! `analyze summary` reads every folder with a `config.json` directly under the sweep folder,
 //! so the runs sit there and the bookkeeping stays in the hidden `.sweep/`.
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -103,6 +103,8 @@ impl SweepFolder {
             let path = self.bookkeeping().join(dir);
             fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
         }
+        // Two sweeps starting at once would share the temporary files of the atomic writes.
+        let _lock = self.lock()?;
         let grid = canonical(grid)?;
         if !grid.starts_with(canonical(&self.root)?) {
             write_atomic(&self.origin_file(), grid.display().to_string().as_bytes())?;
@@ -138,9 +140,14 @@ impl SweepFolder {
         self.bookkeeping().join("logs").join(format!("{name}.log"))
     }
 
-    /// Held while the status table is merged and the summary written.
-    pub fn status_lock(&self) -> PathBuf {
-        self.bookkeeping().join("status.lock")
+    /// Take the folder's lock (released when the file is dropped), held by whoever writes a
+    /// file shared by all processes of the sweep: the grid copy, the status table, the summary.
+    pub fn lock(&self) -> Result<File> {
+        let path = self.bookkeeping().join("status.lock");
+        let lock = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(lock)
     }
 
     pub fn status_table(&self) -> PathBuf {

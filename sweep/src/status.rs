@@ -3,13 +3,13 @@
 //! Each point has its own record, `.sweep/points/<point>.json`, written atomically and only by
 //! the holder of the point's claim, so processes running different points (local workers,
 //! SLURM array tasks) never write the same file. `sweep_status.parquet` is merged from the
-//! records under `.sweep/status.lock` and written atomically, so concurrent updates neither
+//! records under the folder's lock and written atomically, so concurrent updates neither
 //! interleave nor leave half a table.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use digitlab_snapshots::{write_atomic, write_parquet_atomic, Manifest};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
@@ -159,21 +159,11 @@ pub struct Row {
 /// Observe every point (the grid's, then those of earlier grids, by name) and write
 /// `sweep_status.parquet` under the status lock. Returns the rows.
 pub fn write_table(folder: &SweepFolder, points: &[Point]) -> Result<Vec<Row>> {
-    let _lock = lock_status(folder)?;
+    let _lock = folder.lock()?;
     write_table_locked(folder, points)
 }
 
-/// Take the status lock (released when the file is dropped): held while the table is merged,
-/// and while the summary is written.
-pub fn lock_status(folder: &SweepFolder) -> Result<File> {
-    let path = folder.status_lock();
-    let lock = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    lock.lock()
-        .with_context(|| format!("cannot lock {}", path.display()))?;
-    Ok(lock)
-}
-
-/// [`write_table`] for a caller holding [`lock_status`].
+/// [`write_table`] for a caller holding [`SweepFolder::lock`].
 pub fn write_table_locked(folder: &SweepFolder, points: &[Point]) -> Result<Vec<Row>> {
     let rows = rows(folder, points);
     write_parquet_atomic(&folder.status_table(), &mut table(&rows)?)?;

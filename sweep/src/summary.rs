@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::child::run_logged;
 use crate::folder::SweepFolder;
 use crate::point::Point;
-use crate::status::{lock_status, write_table_locked, Row, State};
+use crate::status::{write_table_locked, Row, State};
 use crate::tools::Tools;
 
 /// What the end of a sweep found.
@@ -23,7 +23,7 @@ pub struct Ending {
 /// Write the status table, and the summary if every point of the grid is done or failed (and
 /// one at least is done). `cores` is given to `analyze` as RAYON_NUM_THREADS.
 pub fn finish(folder: &SweepFolder, tools: &Tools, points: &[Point], cores: usize) -> Result<Ending> {
-    let _lock = lock_status(folder)?;
+    let _lock = folder.lock()?;
     let rows = write_table_locked(folder, points)?;
     let grid_states: Vec<State> = rows
         .iter()
