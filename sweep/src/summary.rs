@@ -10,12 +10,11 @@ use anyhow::Result;
 use crate::child::run_logged;
 use crate::folder::SweepFolder;
 use crate::point::Point;
-use crate::status::{write_table_locked, Row, State};
+use crate::status::{write_table_locked, State};
 use crate::tools::Tools;
 
 /// What the end of a sweep found.
 pub struct Ending {
-    pub rows: Vec<Row>,
     /// `Some(Err(message))` if `analyze summary` failed; `None` if it was not due.
     pub summary: Option<std::result::Result<(), String>>,
 }
@@ -32,7 +31,7 @@ pub fn finish(folder: &SweepFolder, tools: &Tools, points: &[Point], cores: usiz
         .collect();
     let finished = grid_states.iter().all(|s| matches!(s, State::Done | State::Failed));
     if !finished || !grid_states.contains(&State::Done) {
-        return Ok(Ending { rows, summary: None });
+        return Ok(Ending { summary: None });
     }
     let mut analyze = Command::new(&tools.analyze);
     analyze
@@ -51,7 +50,6 @@ pub fn finish(folder: &SweepFolder, tools: &Tools, points: &[Point], cores: usiz
         ))
     };
     Ok(Ending {
-        rows,
         summary: Some(summary),
     })
 }
