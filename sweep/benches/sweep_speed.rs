@@ -31,7 +31,15 @@ fn main() {
     for seed in 0..POINTS {
         let run = dir.join(format!("by-hand/seed={seed}"));
         let status = Command::new(train)
-            .args(["--d-model", "16", "--steps", "2000", "--seed", &seed.to_string(), "-q"])
+            .args([
+                "--d-model",
+                "16",
+                "--steps",
+                "2000",
+                "--seed",
+                &seed.to_string(),
+                "-q",
+            ])
             .arg(&run)
             .status()
             .unwrap();
@@ -52,14 +60,24 @@ fn main() {
         let folder = dir.join(format!("j{jobs}"));
         let start = Instant::now();
         let out = sweep()
-            .args(["run", grid.to_str().unwrap(), "--out", folder.to_str().unwrap(), "-j", &jobs.to_string()])
+            .args([
+                "run",
+                grid.to_str().unwrap(),
+                "--out",
+                folder.to_str().unwrap(),
+                "-j",
+                &jobs.to_string(),
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         let t = start.elapsed().as_secs_f64();
         seconds.push(t);
         per_hour.push(POINTS as f64 / t * 3600.0);
-        println!("sweep run -j {jobs}: {POINTS} runs in {t:.1} s = {:.0} runs/hour", per_hour.last().unwrap());
+        println!(
+            "sweep run -j {jobs}: {POINTS} runs in {t:.1} s = {:.0} runs/hour",
+            per_hour.last().unwrap()
+        );
     }
     println!(
         "-j 2 / -j 1 = {:.2}x (goal >= 1.8x on 2 cores; this machine has {cores})",

@@ -119,7 +119,11 @@ fn last_error_line(log: &Path, start: u64) -> Option<String> {
     file.seek(SeekFrom::Start(start)).ok()?;
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .rev()

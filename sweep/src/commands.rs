@@ -32,8 +32,12 @@ struct Loaded {
 }
 
 fn load(args: &GridArgs) -> Result<Loaded> {
-    let text = std::fs::read_to_string(&args.grid)
-        .map_err(|e| bad_input(format!("cannot read the grid file {}: {e}", args.grid.display())))?;
+    let text = std::fs::read_to_string(&args.grid).map_err(|e| {
+        bad_input(format!(
+            "cannot read the grid file {}: {e}",
+            args.grid.display()
+        ))
+    })?;
     let grid = Grid::parse(&text, &args.grid.display().to_string(), &args.set)?;
     let points = grid.points()?;
     let folder = SweepFolder::for_grid(&args.grid, args.out.as_deref());
@@ -56,8 +60,17 @@ pub fn plan(args: &GridArgs) -> Result<ExitCode> {
     let loaded = load(args)?;
     let tools = Tools::locate()?;
     let checked = check_all(&loaded, &tools)?;
-    let rows = loaded.folder.exists().then(|| rows(&loaded.folder, &loaded.points));
-    print_plan(&loaded.folder, &loaded.points, &checked, rows.as_deref(), &loaded.grid.analyses);
+    let rows = loaded
+        .folder
+        .exists()
+        .then(|| rows(&loaded.folder, &loaded.points));
+    print_plan(
+        &loaded.folder,
+        &loaded.points,
+        &checked,
+        rows.as_deref(),
+        &loaded.grid.analyses,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -74,7 +87,14 @@ pub fn run(args: &GridArgs, jobs: Option<usize>) -> Result<ExitCode> {
     let folder = &loaded.folder;
     folder.prepare(&loaded.path, &loaded.grid.text)?;
     write_table(folder, &loaded.points)?;
-    let report = run_local(folder, &tools, &loaded.grid.analyses, &loaded.points, &checked, jobs);
+    let report = run_local(
+        folder,
+        &tools,
+        &loaded.grid.analyses,
+        &loaded.points,
+        &checked,
+        jobs,
+    );
 
     let ending = finish(folder, &tools, &loaded.points, cores)?;
     eprintln!(
@@ -103,12 +123,19 @@ pub fn run(args: &GridArgs, jobs: Option<usize>) -> Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if matches!(ending.summary, Some(Err(_))) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if matches!(ending.summary, Some(Err(_))) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn report_summary(summary: &Option<std::result::Result<(), String>>, folder: &SweepFolder) {
     match summary {
-        Some(Ok(())) => eprintln!("summary -> {}", folder.root().join("summary.parquet").display()),
+        Some(Ok(())) => eprintln!(
+            "summary -> {}",
+            folder.root().join("summary.parquet").display()
+        ),
         Some(Err(why)) => eprintln!("error: {why}"),
         None => eprintln!("summary.parquet waits until every point is done or failed"),
     }
@@ -145,11 +172,20 @@ pub fn run_one(args: &GridArgs, index: usize) -> Result<ExitCode> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let job = match (std::env::var("SLURM_ARRAY_JOB_ID"), std::env::var("SLURM_ARRAY_TASK_ID")) {
+    let job = match (
+        std::env::var("SLURM_ARRAY_JOB_ID"),
+        std::env::var("SLURM_ARRAY_TASK_ID"),
+    ) {
         (Ok(job), Ok(task)) => format!("slurm job {job}_{task}"),
         _ => "sweep run-one".to_string(),
     };
-    let runner = Runner { folder, tools: &tools, analyses: &loaded.grid.analyses, cores, job };
+    let runner = Runner {
+        folder,
+        tools: &tools,
+        analyses: &loaded.grid.analyses,
+        cores,
+        job,
+    };
     let outcome = runner.run_point(point, &checked[0], &|_| {})?;
     let ending = finish(folder, &tools, &loaded.points, cores)?;
     let code = match &outcome {
@@ -181,9 +217,15 @@ pub fn slurm(args: &GridArgs, slurm: &SlurmArgs) -> Result<ExitCode> {
     let tools = Tools::locate()?;
     check_all(&loaded, &tools)?;
     if slurm.cpus_per_task == 0 || slurm.throttle == Some(0) {
-        return Err(bad_input("--cpus-per-task and --throttle must be at least 1"));
+        return Err(bad_input(
+            "--cpus-per-task and --throttle must be at least 1",
+        ));
     }
-    let sbatch = if slurm.dry_run { None } else { Some(find_sbatch()?) };
+    let sbatch = if slurm.dry_run {
+        None
+    } else {
+        Some(find_sbatch()?)
+    };
     let folder = &loaded.folder;
     let todo: Vec<usize> = rows(folder, &loaded.points)
         .iter()
@@ -191,7 +233,10 @@ pub fn slurm(args: &GridArgs, slurm: &SlurmArgs) -> Result<ExitCode> {
         .filter_map(|r| r.index)
         .collect();
     if todo.is_empty() {
-        eprintln!("every point of {} is done; nothing to submit", loaded.path.display());
+        eprintln!(
+            "every point of {} is done; nothing to submit",
+            loaded.path.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let options = SlurmOptions {
@@ -221,7 +266,8 @@ pub fn slurm(args: &GridArgs, slurm: &SlurmArgs) -> Result<ExitCode> {
     }
     let sbatch = sbatch.expect("found above unless --dry-run");
     folder.prepare(&loaded.path, &loaded.grid.text)?;
-    std::fs::create_dir_all(&slurm_dir).with_context(|| format!("cannot create {}", slurm_dir.display()))?;
+    std::fs::create_dir_all(&slurm_dir)
+        .with_context(|| format!("cannot create {}", slurm_dir.display()))?;
     digitlab_snapshots::write_atomic(&frozen_grid, loaded.grid.text.as_bytes())?;
     let script_path = slurm_dir.join(format!("job-{stamp}.sbatch"));
     digitlab_snapshots::write_atomic(&script_path, text.as_bytes())?;

@@ -52,7 +52,12 @@ pub enum Stage {
 impl Runner<'_> {
     /// Run `point` (whose `train --check` gave `checked`) unless another process runs it or it
     /// is done; `on_stage` hears when training and analysis start.
-    pub fn run_point(&self, point: &Point, checked: &Checked, on_stage: &dyn Fn(Stage)) -> Result<Outcome> {
+    pub fn run_point(
+        &self,
+        point: &Point,
+        checked: &Checked,
+        on_stage: &dyn Fn(Stage),
+    ) -> Result<Outcome> {
         let Some(claim) = Claim::try_take(&self.folder.claim(&point.name))? else {
             let holder = Claim::holder(&self.folder.claim(&point.name)).unwrap_or_default();
             return Ok(Outcome::Busy(holder));
@@ -69,11 +74,25 @@ impl Runner<'_> {
         record.trained &= has_run;
         record.state = State::Running;
         record.started = Some(now());
-        (record.finished, record.seconds, record.exit_status, record.error) = (None, None, None, None);
-        record.job = Some(format!("{}, pid {} on {}", self.job, std::process::id(), hostname()));
+        (
+            record.finished,
+            record.seconds,
+            record.exit_status,
+            record.error,
+        ) = (None, None, None, None);
+        record.job = Some(format!(
+            "{}, pid {} on {}",
+            self.job,
+            std::process::id(),
+            hostname()
+        ));
         record.write(self.folder)?;
         let started = Instant::now();
-        let finish = |mut record: PointRecord, state, exit_status, error: Option<String>| -> Result<Outcome> {
+        let finish = |mut record: PointRecord,
+                      state,
+                      exit_status,
+                      error: Option<String>|
+         -> Result<Outcome> {
             record.state = state;
             record.finished = Some(now());
             record.seconds = Some(started.elapsed().as_secs_f64());
@@ -179,7 +198,8 @@ fn prepare_run_dir(run_dir: &Path, checked: &Checked) -> Result<Result<RunStart,
     let leftover = entries.iter().all(|name| {
         name == "config.json"
             || name.starts_with('.')
-            || (name == "snapshots" && fs::read_dir(run_dir.join(name)).is_ok_and(|mut d| d.next().is_none()))
+            || (name == "snapshots"
+                && fs::read_dir(run_dir.join(name)).is_ok_and(|mut d| d.next().is_none()))
     });
     if !leftover {
         return Ok(Err(format!(
@@ -196,10 +216,17 @@ fn differing_keys(a: &Value, b: &Value) -> String {
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
         return "the whole file".to_string();
     };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).collect();
+    let mut keys: Vec<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .collect();
     keys.sort();
     keys.dedup();
-    keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    keys.iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The time now, RFC 3339 in UTC to the second.

@@ -101,7 +101,8 @@ impl SweepFolder {
     pub fn prepare(&self, grid: &Path, grid_text: &str) -> Result<()> {
         for dir in ["points", "claims", "logs"] {
             let path = self.bookkeeping().join(dir);
-            fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
         }
         // Two sweeps starting at once would share the temporary files of the atomic writes.
         let _lock = self.lock()?;
@@ -122,7 +123,9 @@ impl SweepFolder {
 
     /// The status record of a point (`status.rs`).
     pub fn point_record(&self, name: &str) -> PathBuf {
-        self.bookkeeping().join("points").join(format!("{name}.json"))
+        self.bookkeeping()
+            .join("points")
+            .join(format!("{name}.json"))
     }
 
     /// Folder of the status records.
@@ -132,7 +135,9 @@ impl SweepFolder {
 
     /// The claim lock of a point (`claim.rs`).
     pub fn claim(&self, name: &str) -> PathBuf {
-        self.bookkeeping().join("claims").join(format!("{name}.lock"))
+        self.bookkeeping()
+            .join("claims")
+            .join(format!("{name}.lock"))
     }
 
     /// Output of a point's `train` and `analyze`.
@@ -144,7 +149,8 @@ impl SweepFolder {
     /// file shared by all processes of the sweep: the grid copy, the status table, the summary.
     pub fn lock(&self) -> Result<File> {
         let path = self.bookkeeping().join("status.lock");
-        let lock = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let lock =
+            File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
         lock.lock()
             .with_context(|| format!("cannot lock {}", path.display()))?;
         Ok(lock)

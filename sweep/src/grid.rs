@@ -25,10 +25,16 @@ use crate::value::OptValue;
 
 /// Options the sweep sets for every run, with the reason a grid cannot.
 const SET_BY_SWEEP: [(&str, &str); 5] = [
-    ("threads", "the sweep shares the cores among its runs (-j, or --cpus-per-task on SLURM)"),
+    (
+        "threads",
+        "the sweep shares the cores among its runs (-j, or --cpus-per-task on SLURM)",
+    ),
     ("quiet", "the sweep always runs train quietly"),
     ("resume", "the sweep resumes interrupted runs itself"),
-    ("run_dir", "the sweep names each run's directory from its options"),
+    (
+        "run_dir",
+        "the sweep names each run's directory from its options",
+    ),
     ("check", "the sweep uses it to validate points"),
 ];
 
@@ -64,18 +70,25 @@ impl Grid {
             text.to_string()
         } else {
             let body = toml::to_string(&table).map_err(|e| bad_input(e.to_string()))?;
-            format!("# {source} with --set {}\n{body}", overrides.join(" --set "))
+            format!(
+                "# {source} with --set {}\n{body}",
+                overrides.join(" --set ")
+            )
         };
         let at = |key: &str| line_note(&text, key);
         let mut analyses = vec!["all".to_string()];
         let (mut fixed, mut axes) = (Vec::new(), Vec::new());
         for (key, value) in &table {
             match (key.as_str(), value) {
-                ("analyses", v) => analyses = parse_analyses(v).map_err(|m| bad_input(m + &at(key)))?,
+                ("analyses", v) => {
+                    analyses = parse_analyses(v).map_err(|m| bad_input(m + &at(key)))?
+                }
                 ("fixed", Value::Table(t)) => {
                     for (k, v) in t {
-                        let v = scalar(v).map_err(|m| bad_input(format!("[fixed] {k}: {m}{}", at(k))))?;
-                        fixed.push((option_name(k, &text)?, v));
+                        let name = option_name(k, &text)?;
+                        let v = scalar(v)
+                            .map_err(|m| bad_input(format!("[fixed] {k}: {m}{}", at(k))))?;
+                        fixed.push((name, v));
                     }
                 }
                 ("axes", Value::Table(t)) => {
@@ -84,7 +97,10 @@ impl Grid {
                     }
                 }
                 ("fixed" | "axes", _) => {
-                    return Err(bad_input(format!("`{key}` must be a table ([{key}]){}", at(key))))
+                    return Err(bad_input(format!(
+                        "`{key}` must be a table ([{key}]){}",
+                        at(key)
+                    )))
                 }
                 _ => {
                     return Err(bad_input(format!(
@@ -99,7 +115,12 @@ impl Grid {
                 "{source}: the grid is empty; give train options in [fixed] and the axes to cross in [axes]"
             )));
         }
-        let grid = Grid { analyses, fixed, axes, text };
+        let grid = Grid {
+            analyses,
+            fixed,
+            axes,
+            text,
+        };
         grid.check_each_option_once()?;
         Ok(grid)
     }
@@ -148,7 +169,8 @@ impl Grid {
         let axes = self.axes.iter().enumerate().flat_map(|(i, a)| {
             let mut keys: Vec<&String> = a.entries.iter().flatten().map(|(k, _)| k).collect();
             keys.dedup();
-            keys.into_iter().map(move |k| (k, format!("axis {}", i + 1)))
+            keys.into_iter()
+                .map(move |k| (k, format!("axis {}", i + 1)))
         });
         for (key, place) in fixed.chain(axes) {
             if let Some(other) = seen.insert(key.clone(), place.clone()) {
@@ -173,8 +195,12 @@ fn parse_analyses(value: &Value) -> std::result::Result<Vec<String>, String> {
             .iter()
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| "`analyses` must be \"all\", \"none\" or a list of analyze subcommands".to_string()),
-        _ => Err("`analyses` must be \"all\", \"none\" or a list of analyze subcommands".to_string()),
+            .ok_or_else(|| {
+                "`analyses` must be \"all\", \"none\" or a list of analyze subcommands".to_string()
+            }),
+        _ => {
+            Err("`analyses` must be \"all\", \"none\" or a list of analyze subcommands".to_string())
+        }
     }
 }
 
@@ -230,7 +256,9 @@ fn parse_axis(key: &str, value: &Value, text: &str) -> Result<Axis> {
         }
     };
     if entries.is_empty() {
-        return Err(fail("it has no values, so the grid has no points".to_string()));
+        return Err(fail(
+            "it has no values, so the grid has no points".to_string(),
+        ));
     }
     Ok(Axis { entries })
 }
@@ -277,7 +305,11 @@ fn log_spaced(spec: &Table) -> std::result::Result<Vec<f64>, String> {
     let (a, b) = (lo.ln(), hi.ln());
     Ok((0..n)
         .map(|i| {
-            let t = if n == 1 { 0.0 } else { i as f64 / (n - 1) as f64 };
+            let t = if n == 1 {
+                0.0
+            } else {
+                i as f64 / (n - 1) as f64
+            };
             let v = (a + t * (b - a)).exp();
             format!("{v:.2e}").parse().expect("formatted float parses")
         })
@@ -292,8 +324,10 @@ fn scalar(value: &Value) -> std::result::Result<OptValue, String> {
         Value::Float(f) => Ok(OptValue::Float(*f)),
         Value::String(s) => Ok(OptValue::Text(s.clone())),
         Value::Array(list) => {
-            let parts: std::result::Result<Vec<String>, String> =
-                list.iter().map(|v| scalar(v).map(|v| v.cli_text())).collect();
+            let parts: std::result::Result<Vec<String>, String> = list
+                .iter()
+                .map(|v| scalar(v).map(|v| v.cli_text()))
+                .collect();
             Ok(OptValue::Text(parts?.join(",")))
         }
         Value::Boolean(_) => Err("train options take values, not true/false".to_string()),
@@ -336,13 +370,19 @@ fn apply_override(table: &mut Table, item: &str) -> Result<()> {
         Value::String(s) => parse_range(s).is_ok(),
         _ => false,
     };
-    let (put, other) = if axis_shaped { ("axes", "fixed") } else { ("fixed", "axes") };
+    let (put, other) = if axis_shaped {
+        ("axes", "fixed")
+    } else {
+        ("fixed", "axes")
+    };
     for (section, insert) in [(other, false), (put, true)] {
         let entry = table
             .entry(section.to_string())
             .or_insert(Value::Table(Table::new()));
         let Value::Table(t) = entry else {
-            return Err(bad_input(format!("`{section}` must be a table ([{section}])")));
+            return Err(bad_input(format!(
+                "`{section}` must be a table ([{section}])"
+            )));
         };
         t.retain(|k, _| k.replace('-', "_") != key);
         if insert {
@@ -352,15 +392,17 @@ fn apply_override(table: &mut Table, item: &str) -> Result<()> {
     Ok(())
 }
 
-/// ` (line N)` for the first line where `key` is assigned, or "" if it is not found (a key
-/// from `--set`). toml gives positions only for parse errors, so this looks for `key =`.
+/// ` (line N)` for the first line where `key` is assigned or is a table's header, or "" if it
+/// is not found (a key from `--set`). toml gives positions only for parse errors, so this
+/// looks for `key =` and `[key]`.
 fn line_note(text: &str, key: &str) -> String {
     let assigned = |line: &str| {
-        line.match_indices(key).any(|(at, _)| {
-            let before = line[..at].trim_end_matches('"').chars().last();
-            let after = line[at + key.len()..].trim_start_matches('"').trim_start();
-            matches!(before, None | Some(' ' | '{' | ',' | '\t')) && after.starts_with('=')
-        })
+        line.trim() == format!("[{key}]")
+            || line.match_indices(key).any(|(at, _)| {
+                let before = line[..at].trim_end_matches('"').chars().last();
+                let after = line[at + key.len()..].trim_start_matches('"').trim_start();
+                matches!(before, None | Some(' ' | '{' | ',' | '\t')) && after.starts_with('=')
+            })
     };
     text.lines()
         .position(assigned)
@@ -379,14 +421,22 @@ mod tests {
     }
 
     fn error(text: &str) -> String {
-        let err = Grid::parse(text, "test.toml", &[]).and_then(|g| g.points()).unwrap_err();
-        assert!(err.downcast_ref::<BadInput>().is_some(), "not bad input: {err:#}");
+        let err = Grid::parse(text, "test.toml", &[])
+            .and_then(|g| g.points())
+            .unwrap_err();
+        assert!(
+            err.downcast_ref::<BadInput>().is_some(),
+            "not bad input: {err:#}"
+        );
         err.to_string()
     }
 
     #[test]
     fn axes_cross_with_the_first_slowest_and_ranges_expand() {
-        let got = names("[fixed]\nsteps = 300\n[axes]\nd_model = [8, 16]\nseed = \"0..3\"\n", &[]);
+        let got = names(
+            "[fixed]\nsteps = 300\n[axes]\nd_model = [8, 16]\nseed = \"0..3\"\n",
+            &[],
+        );
         let want = [
             "d_model=8,seed=0,steps=300",
             "d_model=8,seed=1,steps=300",
@@ -396,7 +446,10 @@ mod tests {
             "d_model=16,seed=2,steps=300",
         ];
         assert_eq!(got, want);
-        assert_eq!(names("[axes]\nseed = \"1..=3\"\n", &[]), ["seed=1", "seed=2", "seed=3"]);
+        assert_eq!(
+            names("[axes]\nseed = \"1..=3\"\n", &[]),
+            ["seed=1", "seed=2", "seed=3"]
+        );
     }
 
     #[test]
@@ -427,7 +480,7 @@ mod tests {
             .collect();
         // 10^-4, 10^-3.5, 10^-3, 10^-2.5, 10^-2 to 3 significant digits.
         assert_eq!(lrs, [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2]);
-        assert_eq!(grid.points().unwrap()[1].name, "lr=0.000316");
+        assert_eq!(grid.points().unwrap()[1].name, "lr=3.16e-4");
         assert_eq!(grid.points().unwrap()[0].train_args(), ["--lr", "0.0001"]);
     }
 
@@ -442,7 +495,10 @@ mod tests {
         assert_eq!(names(text, &["lr=[1e-3, 2e-3]"]).len(), 8);
         let grid = Grid::parse(text, "t", &["analyses=none".to_string()]).unwrap();
         assert!(grid.analyses.is_empty());
-        assert!(grid.text.contains("steps = 300") && grid.text.starts_with("# t with --set analyses=none"));
+        assert!(
+            grid.text.contains("steps = 300")
+                && grid.text.starts_with("# t with --set analyses=none")
+        );
     }
 
     #[test]
@@ -457,7 +513,10 @@ mod tests {
     fn bad_grids_are_refused_with_the_key_and_line() {
         assert!(error("[axes]\nseed = [0, 1\n").contains("line 2"));
         let e = error("[fixed]\nsteps = 3\nfoo = 1\n[axis]\nseed = [0]\n");
-        assert!(e.contains("unknown key `axis`") && e.contains("line 4"), "{e}");
+        assert!(
+            e.contains("unknown key `axis`") && e.contains("line 4"),
+            "{e}"
+        );
         assert!(error("[fixed]\nthreads = 2\n").contains("`threads`"));
         assert!(error("[fixed]\nquiet = true\n").contains("`quiet`"));
         assert!(error("[fixed]\ngrad_clip = true\n").contains("true/false"));

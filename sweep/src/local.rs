@@ -67,7 +67,8 @@ pub fn run_local(
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..jobs)
             .map(|slot| {
-                let (runner, queue, slots, report, display) = (&runner, &queue, &slots, &report, &display);
+                let (runner, queue, slots, report, display) =
+                    (&runner, &queue, &slots, &report, &display);
                 scope.spawn(move || loop {
                     if interrupt::interrupted() {
                         break;
@@ -75,7 +76,9 @@ pub fn run_local(
                     let Some(i) = queue.lock().expect("lock").pop_front() else {
                         break;
                     };
-                    let set = |stage| slots.lock().expect("lock")[slot] = Some(InFlight { point: i, stage });
+                    let set = |stage| {
+                        slots.lock().expect("lock")[slot] = Some(InFlight { point: i, stage })
+                    };
                     set(Stage::Training);
                     let outcome = runner
                         .run_point(&points[i], &checked[i], &set)
@@ -181,7 +184,13 @@ impl Display {
         self.line(text);
     }
 
-    fn refresh(&self, folder: &SweepFolder, points: &[Point], checked: &[Checked], slots: &[Option<InFlight>]) {
+    fn refresh(
+        &self,
+        folder: &SweepFolder,
+        points: &[Point],
+        checked: &[Checked],
+        slots: &[Option<InFlight>],
+    ) {
         let (batches, count, failed) = *self.finished.lock().expect("lock");
         let mut position = batches;
         let mut in_flight = slots.iter().flatten();
@@ -205,9 +214,13 @@ impl Display {
             };
             line.set_message(text);
         }
-        self.total.set_prefix(format!("{count}/{} points", self.todo));
         self.total
-            .set_message(if failed > 0 { format!("{failed} failed") } else { String::new() });
+            .set_prefix(format!("{count}/{} points", self.todo));
+        self.total.set_message(if failed > 0 {
+            format!("{failed} failed")
+        } else {
+            String::new()
+        });
         self.total.set_position(position);
     }
 

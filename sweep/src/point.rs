@@ -46,7 +46,10 @@ impl Point {
         if name.len() > MAX_NAME {
             let fixed_text = part(&fixed).join(",");
             let mut short = part(&varying);
-            short.push(format!("fixed={}", &sha256_hex(fixed_text.as_bytes())[..12]));
+            short.push(format!(
+                "fixed={}",
+                &sha256_hex(fixed_text.as_bytes())[..12]
+            ));
             name = short.join(",");
         }
         if name.contains('/') || name.starts_with('.') || name.len() > MAX_NAME {

@@ -23,22 +23,46 @@ pub fn print_plan(
         let state = rows
             .and_then(|rows| rows.iter().find(|r| r.name == p.name))
             .map_or(State::Pending, |r| r.observed.state);
-        println!("{:>5}  {:>7}  {:<11}  {}", p.index, c.steps, state.as_str(), p.name);
+        println!(
+            "{:>5}  {:>7}  {:<11}  {}",
+            p.index,
+            c.steps,
+            state.as_str(),
+            p.name
+        );
     }
-    let analyses = if analyses.is_empty() { "none".to_string() } else { analyses.join(", ") };
+    let analyses = if analyses.is_empty() {
+        "none".to_string()
+    } else {
+        analyses.join(", ")
+    };
     println!("after training: analyze {analyses}; at the end: analyze summary");
 }
 
 /// Counts by state, then `index  state  time  name  result`.
 pub fn print_status(folder: &SweepFolder, rows: &[Row]) {
     let count = |s: State| rows.iter().filter(|r| r.observed.state == s).count();
-    let states = [State::Done, State::Running, State::Failed, State::Interrupted, State::Pending];
+    let states = [
+        State::Done,
+        State::Running,
+        State::Failed,
+        State::Interrupted,
+        State::Pending,
+    ];
     let counts: Vec<String> = states
         .iter()
         .map(|&s| format!("{} {}", count(s), s.as_str()))
         .collect();
-    println!("{}: {} points: {}", folder.root().display(), rows.len(), counts.join(", "));
-    println!("{:>5}  {:<11}  {:>9}  {:<40}  result", "index", "state", "time", "name");
+    println!(
+        "{}: {} points: {}",
+        folder.root().display(),
+        rows.len(),
+        counts.join(", ")
+    );
+    println!(
+        "{:>5}  {:<11}  {:>9}  {:<40}  result",
+        "index", "state", "time", "name"
+    );
     for row in rows {
         let record = row.observed.record.as_ref();
         let time = record
@@ -83,9 +107,18 @@ fn phases_result(run_dir: &Path) -> String {
     (0..df.height())
         .filter(|&i| source.get(i).is_ok_and(|s| s.get_str() == Some("eval")))
         .map(|i| {
-            let text = |c: &polars::prelude::Column| c.get(i).map_or("?".to_string(), |v| v.to_string());
-            let level = level.get(i).ok().and_then(|v| v.get_str().map(str::to_string)).unwrap_or_default();
-            format!("digit {} leaves ln10 at {}, ends at {level}", text(digit), text(leaves))
+            let text =
+                |c: &polars::prelude::Column| c.get(i).map_or("?".to_string(), |v| v.to_string());
+            let level = level
+                .get(i)
+                .ok()
+                .and_then(|v| v.get_str().map(str::to_string))
+                .unwrap_or_default();
+            format!(
+                "digit {} leaves ln10 at {}, ends at {level}",
+                text(digit),
+                text(leaves)
+            )
         })
         .collect::<Vec<_>>()
         .join("; ")

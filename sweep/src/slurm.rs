@@ -49,9 +49,16 @@ pub fn script(s: &Submission, options: &SlurmOptions) -> String {
             options.throttle.map_or(String::new(), |t| format!("%{t}"))
         ),
         format!("#SBATCH --cpus-per-task={}", options.cpus_per_task),
-        format!("#SBATCH --output={}/%A_%a.out", s.frozen_grid.parent().unwrap_or(Path::new(".")).display()),
+        format!(
+            "#SBATCH --output={}/%A_%a.out",
+            s.frozen_grid.parent().unwrap_or(Path::new(".")).display()
+        ),
     ];
-    let optional = [("partition", &options.partition), ("time", &options.time), ("mem", &options.mem)];
+    let optional = [
+        ("partition", &options.partition),
+        ("time", &options.time),
+        ("mem", &options.mem),
+    ];
     for (flag, value) in optional {
         if let Some(v) = value {
             lines.push(format!("#SBATCH --{flag}={v}"));
@@ -59,11 +66,16 @@ pub fn script(s: &Submission, options: &SlurmOptions) -> String {
     }
     for extra in &options.extra {
         let extra = extra.trim();
-        lines.push(if extra.starts_with("#SBATCH") { extra.to_string() } else { format!("#SBATCH {extra}") });
+        lines.push(if extra.starts_with("#SBATCH") {
+            extra.to_string()
+        } else {
+            format!("#SBATCH {extra}")
+        });
     }
     lines.extend([
         String::new(),
-        "# Task i runs point i of the grid frozen at submission, with the train and analyze".to_string(),
+        "# Task i runs point i of the grid frozen at submission, with the train and analyze"
+            .to_string(),
         "# of the build that submitted it (same build, same bytes).".to_string(),
         format!("export DIGITLAB_TRAIN={}", quote(&s.tools.train)),
         format!("export DIGITLAB_ANALYZE={}", quote(&s.tools.analyze)),
@@ -109,7 +121,12 @@ pub fn submit(sbatch: &Path, script: &Path) -> Result<String> {
     }
     // `--parsable` prints `jobid` or `jobid;cluster`.
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.trim().split(';').next().unwrap_or_default().to_string())
+    Ok(text
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Sorted indices as SLURM's array list: `0-3,5,7-9`.

@@ -134,7 +134,11 @@ pub fn observe(folder: &SweepFolder, name: &str) -> Observed {
             s => s,
         },
     };
-    Observed { state, record, holder }
+    Observed {
+        state,
+        record,
+        holder,
+    }
 }
 
 /// The newest snapshot's batch of a run (its manifest is rewritten atomically after every
@@ -202,9 +206,20 @@ pub fn rows(folder: &SweepFolder, points: &[Point]) -> Vec<Row> {
 fn table(rows: &[Row]) -> Result<DataFrame> {
     let n = rows.len();
     let mut columns = vec![
-        Column::new("index".into(), rows.iter().map(|r| r.index.map(|i| i as i64)).collect::<Vec<_>>()),
-        Column::new("name".into(), rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>()),
-        Column::new("in_grid".into(), rows.iter().map(|r| r.index.is_some()).collect::<Vec<_>>()),
+        Column::new(
+            "index".into(),
+            rows.iter()
+                .map(|r| r.index.map(|i| i as i64))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "name".into(),
+            rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "in_grid".into(),
+            rows.iter().map(|r| r.index.is_some()).collect::<Vec<_>>(),
+        ),
     ];
     let mut keys: Vec<&String> = Vec::new();
     for (k, _) in rows.iter().flat_map(|r| &r.options) {
@@ -227,7 +242,9 @@ fn table(rows: &[Row]) -> Result<DataFrame> {
     columns.extend([
         Column::new(
             "state".into(),
-            rows.iter().map(|r| r.observed.state.as_str()).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| r.observed.state.as_str())
+                .collect::<Vec<_>>(),
         ),
         Column::new("started".into(), record(&|r| r.started.clone())),
         Column::new("finished".into(), record(&|r| r.finished.clone())),
@@ -240,19 +257,31 @@ fn table(rows: &[Row]) -> Result<DataFrame> {
         Column::new(
             "exit_status".into(),
             rows.iter()
-                .map(|r| r.observed.record.as_ref().and_then(|r| r.exit_status.map(i64::from)))
+                .map(|r| {
+                    r.observed
+                        .record
+                        .as_ref()
+                        .and_then(|r| r.exit_status.map(i64::from))
+                })
                 .collect::<Vec<_>>(),
         ),
         Column::new("error".into(), record(&|r| r.error.clone())),
         Column::new(
             "job".into(),
             rows.iter()
-                .map(|r| r.observed.holder.clone().or_else(|| r.observed.record.as_ref()?.job.clone()))
+                .map(|r| {
+                    r.observed
+                        .holder
+                        .clone()
+                        .or_else(|| r.observed.record.as_ref()?.job.clone())
+                })
                 .collect::<Vec<_>>(),
         ),
         Column::new(
             "batch".into(),
-            rows.iter().map(|r| r.batch.map(|b| b as i64)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| r.batch.map(|b| b as i64))
+                .collect::<Vec<_>>(),
         ),
     ]);
     Ok(DataFrame::new(n, columns)?)

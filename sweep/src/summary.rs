@@ -21,7 +21,12 @@ pub struct Ending {
 
 /// Write the status table, and the summary if every point of the grid is done or failed (and
 /// one at least is done). `cores` is given to `analyze` as RAYON_NUM_THREADS.
-pub fn finish(folder: &SweepFolder, tools: &Tools, points: &[Point], cores: usize) -> Result<Ending> {
+pub fn finish(
+    folder: &SweepFolder,
+    tools: &Tools,
+    points: &[Point],
+    cores: usize,
+) -> Result<Ending> {
     let _lock = folder.lock()?;
     let rows = write_table_locked(folder, points)?;
     let grid_states: Vec<State> = rows
@@ -29,7 +34,9 @@ pub fn finish(folder: &SweepFolder, tools: &Tools, points: &[Point], cores: usiz
         .filter(|r| r.index.is_some())
         .map(|r| r.observed.state)
         .collect();
-    let finished = grid_states.iter().all(|s| matches!(s, State::Done | State::Failed));
+    let finished = grid_states
+        .iter()
+        .all(|s| matches!(s, State::Done | State::Failed));
     if !finished || !grid_states.contains(&State::Done) {
         return Ok(Ending { summary: None });
     }

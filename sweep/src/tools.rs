@@ -98,7 +98,12 @@ impl Tools {
 
     /// One point: `Ok` with the config, or `Err` with the point and `train`'s message (and
     /// the grid line of an option `train` does not know).
-    fn check_point(&self, grid: &Grid, point: &Point, folder: &SweepFolder) -> Result<Checked, String> {
+    fn check_point(
+        &self,
+        grid: &Grid,
+        point: &Point,
+        folder: &SweepFolder,
+    ) -> Result<Checked, String> {
         let output = Command::new(&self.train)
             .arg("--check")
             .args(point.train_args())
@@ -110,8 +115,12 @@ impl Tools {
         if !output.status.success() {
             return Err(fail(train_complaint(grid, point, &output)));
         }
-        let config: Value = serde_json::from_slice(&output.stdout)
-            .map_err(|e| fail(format!("train --check printed no config ({e}); is {} a digitlab train?", self.train.display())))?;
+        let config: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+            fail(format!(
+                "train --check printed no config ({e}); is {} a digitlab train?",
+                self.train.display()
+            ))
+        })?;
         let steps = config["steps"]
             .as_u64()
             .ok_or_else(|| fail("train --check printed a config without steps".to_string()))?;

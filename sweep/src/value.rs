@@ -55,7 +55,10 @@ mod tests {
         assert_eq!(OptValue::Float(1e-8).name_text(), "1e-8");
         assert_eq!(OptValue::Float(0.15).name_text(), "0.15");
         assert_eq!(OptValue::Float(0.0).name_text(), "0");
-        assert_eq!(OptValue::Float(1e-8).cli_text().parse::<f64>().unwrap(), 1e-8);
+        assert_eq!(
+            OptValue::Float(1e-8).cli_text().parse::<f64>().unwrap(),
+            1e-8
+        );
         assert_eq!(OptValue::Text("0, 1,2".into()).name_text(), "0+1+2");
         assert_eq!(OptValue::Int(-3).cli_text(), "-3");
     }

@@ -44,7 +44,7 @@ fn bad_inputs_exit_2_with_a_message_and_touch_nothing() {
     assert!(folder.join("summary.parquet").is_file());
     let before = tree(&folder);
 
-    let mut check = |what: &str, grid_text: Option<&str>, args: &[&str], expect: &[&str]| {
+    let check = |what: &str, grid_text: Option<&str>, args: &[&str], expect: &[&str]| {
         if let Some(text) = grid_text {
             std::fs::write(&grid, text).unwrap();
         }
@@ -54,26 +54,74 @@ fn bad_inputs_exit_2_with_a_message_and_touch_nothing() {
         for e in expect {
             assert!(message.contains(e), "{what}: `{e}` not in: {message}");
         }
-        assert!(tree(&folder) == before, "{what}: the finished sweep folder changed");
+        assert!(
+            tree(&folder) == before,
+            "{what}: the finished sweep folder changed"
+        );
         std::fs::write(&grid, GOOD).unwrap();
     };
 
-    check("parse error", Some("[axes]\nseed = [0, 1\n"), &["run", "a/g.toml"], &["line 2"]);
+    check(
+        "parse error",
+        Some("[axes]\nseed = [0, 1\n"),
+        &["run", "a/g.toml"],
+        &["line 2"],
+    );
     let unknown = "[fixed]\nd_model = 16\nfoo_bar = 3\n[axes]\nseed = [0, 1]\n";
     for command in ["plan", "run"] {
-        check("unknown option", Some(unknown), &[command, "a/g.toml"], &["--foo-bar", "foo_bar", "line 3"]);
+        check(
+            "unknown option",
+            Some(unknown),
+            &[command, "a/g.toml"],
+            &["--foo-bar", "foo_bar", "line 3"],
+        );
     }
     let rejected = "[fixed]\nn_heads = 4\nsteps = 100\n[axes]\nd_model = [16, 10]\n";
     for command in ["plan", "run"] {
-        check("rejected value", Some(rejected), &[command, "a/g.toml"], &["point 1", "d_model=10", "divisible"]);
+        check(
+            "rejected value",
+            Some(rejected),
+            &[command, "a/g.toml"],
+            &["point 1", "d_model=10", "divisible"],
+        );
     }
-    check("rejected value in --set", None, &["run", "a/g.toml", "--set", "lr=-1"], &["--lr"]);
-    check("empty grid", Some("# nothing\n"), &["run", "a/g.toml"], &["empty"]);
-    check("empty axis", Some("[axes]\nseed = []\n"), &["plan", "a/g.toml"], &["seed", "no values"]);
-    check("unknown analysis", Some(&GOOD.replace("\"loss\"", "\"bogus\"")), &["run", "a/g.toml"], &["bogus"]);
-    check("index", None, &["run-one", "a/g.toml", "--index", "7"], &["--index 7", "0 to 1"]);
+    check(
+        "rejected value in --set",
+        None,
+        &["run", "a/g.toml", "--set", "lr=-1"],
+        &["--lr"],
+    );
+    check(
+        "empty grid",
+        Some("# nothing\n"),
+        &["run", "a/g.toml"],
+        &["empty"],
+    );
+    check(
+        "empty axis",
+        Some("[axes]\nseed = []\n"),
+        &["plan", "a/g.toml"],
+        &["seed", "no values"],
+    );
+    check(
+        "unknown analysis",
+        Some(&GOOD.replace("\"loss\"", "\"bogus\"")),
+        &["run", "a/g.toml"],
+        &["bogus"],
+    );
+    check(
+        "index",
+        None,
+        &["run-one", "a/g.toml", "--index", "7"],
+        &["--index 7", "0 to 1"],
+    );
     write_grid(&dir.join("b/g.toml"), GOOD);
-    check("another grid of the same name", None, &["run", "b/g.toml"], &["another grid", "--out"]);
+    check(
+        "another grid of the same name",
+        None,
+        &["run", "b/g.toml"],
+        &["another grid", "--out"],
+    );
     // No sbatch on the PATH (slurm may be installed here).
     let out = sweep()
         .args(["slurm", "a/g.toml", "--set", "seed=[5]"])
@@ -83,5 +131,8 @@ fn bad_inputs_exit_2_with_a_message_and_touch_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("sbatch"), "{}", stderr(&out));
-    assert!(tree(&folder) == before, "sbatch missing: the finished sweep folder changed");
+    assert!(
+        tree(&folder) == before,
+        "sbatch missing: the finished sweep folder changed"
+    );
 }

@@ -25,11 +25,20 @@ fn say(text: &str) {
 /// Why this machine cannot run the cluster, if it cannot.
 fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
-        return Some("the single-node cluster needs root (munged runs as the munge user, slurmd as root)".into());
+        return Some(
+            "the single-node cluster needs root (munged runs as the munge user, slurmd as root)"
+                .into(),
+        );
     }
-    for daemon in ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"] {
+    for daemon in [
+        "/usr/sbin/munged",
+        "/usr/sbin/slurmctld",
+        "/usr/sbin/slurmd",
+    ] {
         if !Path::new(daemon).is_file() {
-            return Some(format!("{daemon} is missing: apt-get install -y slurm-wlm munge"));
+            return Some(format!(
+                "{daemon} is missing: apt-get install -y slurm-wlm munge"
+            ));
         }
     }
     None
@@ -45,20 +54,28 @@ struct Cluster {
 impl Cluster {
     fn start(state: &Path) -> Cluster {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/slurm/cluster.sh");
-        let out = Command::new(&script).arg("start").arg(state).output().unwrap();
-        let cluster = Cluster {
+        let out = Command::new(&script)
+            .arg("start")
+            .arg(state)
+            .output()
+            .unwrap();
+        let mut cluster = Cluster {
             script,
             state: state.to_path_buf(),
             conf: String::new(),
         };
-        assert!(out.status.success(), "cluster.sh start failed: {}", stderr(&out));
+        assert!(
+            out.status.success(),
+            "cluster.sh start failed: {}",
+            stderr(&out)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let conf = stdout
+        cluster.conf = stdout
             .lines()
             .find_map(|l| l.strip_prefix("export SLURM_CONF="))
             .expect("cluster.sh prints SLURM_CONF")
             .to_string();
-        Cluster { conf, ..cluster }
+        cluster
     }
 
     fn command(&self, program: &str) -> Command {
@@ -70,7 +87,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new(&self.script).arg("stop").arg(&self.state).status();
+        let _ = Command::new(&self.script)
+            .arg("stop")
+            .arg(&self.state)
+            .status();
     }
 }
 
@@ -87,19 +107,55 @@ fn a_grid_runs_as_a_job_array_with_the_bytes_of_a_local_sweep() {
     let on_slurm = dir.join("on-slurm");
 
     let dry = sweep()
-        .args(["slurm", g, "--out", on_slurm.to_str().unwrap(), "--throttle", "2", "--dry-run"])
-        .args(["--partition", "debug", "--time", "10:00", "--mem", "1G", "--sbatch=--comment=sweep-test"])
+        .args([
+            "slurm",
+            g,
+            "--out",
+            on_slurm.to_str().unwrap(),
+            "--throttle",
+            "2",
+            "--dry-run",
+        ])
+        .args([
+            "--partition",
+            "debug",
+            "--time",
+            "10:00",
+            "--mem",
+            "1G",
+            "--sbatch=--comment=sweep-test",
+        ])
         .output()
         .unwrap();
     let script = String::from_utf8_lossy(&dry.stdout).into_owned();
-    for line in ["#SBATCH --array=0-3%2", "#SBATCH --partition=debug", "#SBATCH --time=10:00", "#SBATCH --mem=1G", "#SBATCH --cpus-per-task=1", "#SBATCH --comment=sweep-test", "run-one"] {
-        assert!(script.contains(line), "`{line}` not in the script:\n{script}");
+    for line in [
+        "#SBATCH --array=0-3%2",
+        "#SBATCH --partition=debug",
+        "#SBATCH --time=10:00",
+        "#SBATCH --mem=1G",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --comment=sweep-test",
+        "run-one",
+    ] {
+        assert!(
+            script.contains(line),
+            "`{line}` not in the script:\n{script}"
+        );
     }
     assert!(!on_slurm.exists(), "--dry-run writes nothing");
 
     let mut submit = sweep();
     submit
-        .args(["slurm", g, "--out", on_slurm.to_str().unwrap(), "--throttle", "2", "--time", "10:00"])
+        .args([
+            "slurm",
+            g,
+            "--out",
+            on_slurm.to_str().unwrap(),
+            "--throttle",
+            "2",
+            "--time",
+            "10:00",
+        ])
         .env("SLURM_CONF", &cluster.conf);
     let out = submit.output().unwrap();
     assert!(out.status.success(), "sweep slurm: {}", stderr(&out));
@@ -109,46 +165,107 @@ fn a_grid_runs_as_a_job_array_with_the_bytes_of_a_local_sweep() {
     // Poll squeue until the array has left the queue.
     let start = Instant::now();
     loop {
-        let q = cluster.command("squeue").args(["-h", "-j", &job]).output().unwrap();
+        let q = cluster
+            .command("squeue")
+            .args(["-h", "-j", &job])
+            .output()
+            .unwrap();
         if q.status.success() && q.stdout.iter().all(u8::is_ascii_whitespace) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(600), "the job array did not finish in 10 minutes");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "the job array did not finish in 10 minutes"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let shown = cluster.command("scontrol").args(["show", "job", "-o", &job]).output().unwrap();
+    let shown = cluster
+        .command("scontrol")
+        .args(["show", "job", "-o", &job])
+        .output()
+        .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     let job_states: Vec<&str> = shown
         .lines()
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("JobState=")))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("JobState="))
+        })
         .collect();
     let mut sorted = job_states.clone();
     sorted.sort();
-    assert_eq!(sorted, ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"], "{shown}");
+    assert_eq!(
+        sorted,
+        ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED"],
+        "{shown}"
+    );
 
     let states = states(&on_slurm);
     let errors = status_column(&on_slurm, "error");
     let jobs = status_column(&on_slurm, "job");
     for (name, state) in &states {
-        let expected = if name.contains("perturb") { "failed" } else { "done" };
+        let expected = if name.contains("perturb") {
+            "failed"
+        } else {
+            "done"
+        };
         assert_eq!(state, expected, "{name}");
         if expected == "failed" {
-            assert!(errors[name].as_deref().unwrap().to_lowercase().contains("nan"), "{:?}", errors[name]);
+            assert!(
+                errors[name]
+                    .as_deref()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains("nan"),
+                "{:?}",
+                errors[name]
+            );
         }
-        assert!(jobs[name].as_deref().unwrap().contains(&format!("slurm job {job}_")), "{:?}", jobs[name]);
+        assert!(
+            jobs[name]
+                .as_deref()
+                .unwrap()
+                .contains(&format!("slurm job {job}_")),
+            "{:?}",
+            jobs[name]
+        );
     }
-    assert!(on_slurm.join("summary.parquet").is_file(), "the last task writes the summary");
-    let status = sweep().args(["status", g, "--out", on_slurm.to_str().unwrap()]).output().unwrap();
+    assert!(
+        on_slurm.join("summary.parquet").is_file(),
+        "the last task writes the summary"
+    );
+    let status = sweep()
+        .args(["status", g, "--out", on_slurm.to_str().unwrap()])
+        .output()
+        .unwrap();
     let table = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(table.contains("3 done") && table.contains("1 failed"), "{table}");
+    assert!(
+        table.contains("3 done") && table.contains("1 failed"),
+        "{table}"
+    );
 
     let local = dir.join("local");
-    let out = sweep().args(["run", g, "--out", local.to_str().unwrap(), "-j", "2"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "one point fails locally too: {}", stderr(&out));
+    let out = sweep()
+        .args(["run", g, "--out", local.to_str().unwrap(), "-j", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one point fails locally too: {}",
+        stderr(&out)
+    );
     let (here, there) = (run_files(&local), run_files(&on_slurm));
     let done: Vec<&String> = here.keys().filter(|k| !k.contains("perturb")).collect();
-    assert_eq!(done.len(), 3 * (7 + 4 + 3), "7 snapshots, 4 checkpoints and 3 files per run");
+    assert_eq!(
+        done.len(),
+        3 * (7 + 4 + 3),
+        "7 snapshots, 4 checkpoints and 3 files per run"
+    );
     for file in done {
-        assert!(there.get(file) == Some(&here[file]), "{file} differs between SLURM and sweep run");
+        assert!(
+            there.get(file) == Some(&here[file]),
+            "{file} differs between SLURM and sweep run"
+        );
     }
 }

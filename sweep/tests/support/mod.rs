@@ -21,7 +21,18 @@ pub fn tools() -> &'static (PathBuf, PathBuf) {
         let dir = sweep_exe().parent().expect("target folder").to_path_buf();
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-q", "-p", "digitlab", "--bin", "train", "-p", "digitlab-analysis", "--bin", "analyze"]);
+        build.args([
+            "build",
+            "-q",
+            "-p",
+            "digitlab",
+            "--bin",
+            "train",
+            "-p",
+            "digitlab-analysis",
+            "--bin",
+            "analyze",
+        ]);
         if release {
             build.arg("--release");
         }
@@ -38,7 +49,8 @@ pub fn tools() -> &'static (PathBuf, PathBuf) {
 pub fn sweep() -> Command {
     let (train, analyze) = tools();
     let mut cmd = Command::new(sweep_exe());
-    cmd.env("DIGITLAB_TRAIN", train).env("DIGITLAB_ANALYZE", analyze);
+    cmd.env("DIGITLAB_TRAIN", train)
+        .env("DIGITLAB_ANALYZE", analyze);
     cmd
 }
 
@@ -49,7 +61,8 @@ pub fn run_sweep(args: &[&str]) -> Output {
 
 /// A fresh scratch folder for one test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sweep-{name}-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sweep-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -78,10 +91,16 @@ pub fn run_files(folder: &Path) -> BTreeMap<String, Vec<u8>> {
         let name = run.file_name().unwrap().to_string_lossy().into_owned();
         for entry in std::fs::read_dir(run.join("snapshots")).unwrap().flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            files.insert(format!("{name}/snapshots/{file}"), std::fs::read(entry.path()).unwrap());
+            files.insert(
+                format!("{name}/snapshots/{file}"),
+                std::fs::read(entry.path()).unwrap(),
+            );
         }
         for file in ["train_log.parquet", "config.json", "manifest.json"] {
-            files.insert(format!("{name}/{file}"), std::fs::read(run.join(file)).unwrap());
+            files.insert(
+                format!("{name}/{file}"),
+                std::fs::read(run.join(file)).unwrap(),
+            );
         }
     }
     files
@@ -93,8 +112,8 @@ pub fn states(folder: &Path) -> BTreeMap<String, String> {
     let names = table.column("name").unwrap().str().unwrap().clone();
     let states = table.column("state").unwrap().str().unwrap().clone();
     names
-        .into_iter()
-        .zip(states.into_iter())
+        .iter()
+        .zip(states.iter())
         .map(|(n, s)| (n.unwrap().to_string(), s.unwrap().to_string()))
         .collect()
 }
@@ -103,17 +122,24 @@ pub fn states(folder: &Path) -> BTreeMap<String, String> {
 pub fn status_column(folder: &Path, column: &str) -> BTreeMap<String, Option<String>> {
     let table = digitlab_snapshots::read_parquet(&folder.join("sweep_status.parquet")).unwrap();
     let names = table.column("name").unwrap().str().unwrap().clone();
-    let values = table.column(column).unwrap().cast(&polars::prelude::DataType::String).unwrap();
+    let values = table
+        .column(column)
+        .unwrap()
+        .cast(&polars::prelude::DataType::String)
+        .unwrap();
     let values = values.str().unwrap().clone();
     names
-        .into_iter()
-        .zip(values.into_iter())
+        .iter()
+        .zip(values.iter())
         .map(|(n, v)| (n.unwrap().to_string(), v.map(str::to_string)))
         .collect()
 }
 
 /// How many times `train` was started for a point (header lines in its log).
 pub fn train_starts(folder: &Path, point: &str) -> usize {
-    let log = std::fs::read_to_string(folder.join(".sweep/logs").join(format!("{point}.log"))).unwrap_or_default();
-    log.lines().filter(|l| l.starts_with("== ") && l.contains("/train\"")).count()
+    let log = std::fs::read_to_string(folder.join(".sweep/logs").join(format!("{point}.log")))
+        .unwrap_or_default();
+    log.lines()
+        .filter(|l| l.starts_with("== ") && l.contains("/train\""))
+        .count()
 }
