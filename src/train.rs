@@ -192,8 +192,7 @@ fn trained<T>(cfg: &TrainConfig, items: impl IntoIterator<Item = T>) -> impl Ite
 /// estimate checked against the machine first, so nothing is written for a run that cannot
 /// start.
 pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, TrainState, TrainLog)> {
-    cfg.validate()?;
-    check_memory(cfg)?;
+    check_config(cfg)?;
     let run = RunDir::create(dir, &serde_json::to_value(cfg)?)?;
     Ok((run, TrainState::new(cfg), empty_log(cfg)))
 }
@@ -224,8 +223,7 @@ pub fn resume_run(
     if let Some(steps) = steps {
         cfg.steps = steps;
     }
-    cfg.validate()?;
-    check_memory(&cfg)?;
+    check_config(&cfg)?;
     let (state, log) = match run.manifest().checkpoints.last().cloned() {
         Some(entry) => {
             if entry.batch > cfg.steps {
@@ -264,7 +262,10 @@ pub fn resume_run(
 }
 
 /// Refuse a run whose memory estimate exceeds what the machine can give.
-fn check_memory(cfg: &TrainConfig) -> Result<()> {
+/// The checks a new run passes before anything is written: the config is valid and its memory
+/// estimate fits the machine (`train --check` runs exactly these).
+pub fn check_config(cfg: &TrainConfig) -> Result<()> {
+    cfg.validate()?;
     MemoryNeed::of_training(cfg)
         .check_machine("use a smaller --batch-size, --d-model, --d-mlp, --n-layers or --steps")
 }

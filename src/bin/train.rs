@@ -11,7 +11,7 @@ use digitlab::config::{Perturbation, TrainConfig};
 use digitlab::resources::bounded_threads;
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::default_threads;
-use digitlab::train::{new_run, resume_run, train, TrainState};
+use digitlab::train::{check_config, new_run, resume_run, train, TrainState};
 use digitlab_snapshots::{RunDir, RunError, TrainLog};
 
 /// Train a 1-layer transformer on n-digit addition, writing weight snapshots (zstd-compressed
@@ -97,6 +97,9 @@ struct Args {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// Only check the options: print the config the run would have (JSON) and write nothing.
+    #[arg(long, conflicts_with = "resume")]
+    check: bool,
 }
 
 /// Why `train` stopped, with the exit status to end with: 2 when the input was refused
@@ -139,6 +142,16 @@ fn main() -> ExitCode {
 fn run(args: Args) -> std::result::Result<(), Failure> {
     let refused = |e| Failure::new(e, 2);
     let quiet = args.quiet;
+    if args.check {
+        // The checks of a new run (options, config, memory), then the config it would have.
+        let cfg = config_from_args(&args).map_err(refused)?;
+        check_config(&cfg).map_err(refused)?;
+        println!(
+            "{}",
+            serde_json::to_string(&cfg).map_err(|e| refused(e.into()))?
+        );
+        return Ok(());
+    }
     // Every check before anything is written: the options, then (in the preparation) the
     // config, the memory estimate and the run directory.
     let requested = args
@@ -180,6 +193,14 @@ fn run(args: Args) -> std::result::Result<(), Failure> {
 type Prepared = (TrainConfig, RunDir, TrainState, TrainLog);
 
 fn prepare_new(args: &Args) -> Result<Prepared> {
+    let cfg = config_from_args(args)?;
+    let run_dir = args.run_dir.as_ref().context("no run directory given")?;
+    let (run, state, log) = new_run(&cfg, run_dir)?;
+    Ok((cfg, run, state, log))
+}
+
+/// The config of a new run from the options (not validated yet).
+fn config_from_args(args: &Args) -> Result<TrainConfig> {
     let n = args.n_digits;
     let targets = match (&args.digit, &args.digits) {
         (Some(k), _) => vec![*k],
@@ -211,9 +232,7 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
         .as_deref()
         .map(Perturbation::parse)
         .transpose()?;
-    let run_dir = args.run_dir.as_ref().context("no run directory given")?;
-    let (run, state, log) = new_run(&cfg, run_dir)?;
-    Ok((cfg, run, state, log))
+    Ok(cfg)
 }
 
 /// `--resume` continues a run with its own config: only the step count, the threads and the
