@@ -6,6 +6,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod fused;
 pub mod model;
 pub mod optim;
 pub mod output_stats;

@@ -11,9 +11,10 @@ use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{Perturbation, TrainConfig};
+use crate::fused::{CachedStep, StepKind};
 use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::{digit_losses, output_stats};
-use crate::step::loss_and_grads;
+use crate::step::{loss_and_grads, StepResult};
 use crate::task::training_batch;
 use crate::writer::{RunWriter, WriteJob};
 
@@ -120,6 +121,13 @@ impl TrainState {
     /// Trains on batch `self.batch` and returns its log row. A non-finite loss leaves the
     /// weights untouched (the caller stops the run).
     pub fn step(&mut self, cfg: &TrainConfig) -> Result<LogRow> {
+        if cfg.training_kernel().step == StepKind::Fused {
+            // The fused step's buffers are read in place: no gradient is copied or allocated.
+            let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
+            let mut fused = CachedStep::take(cfg, batch.pairs.len())?;
+            let result = fused.run(cfg, &self.params, &batch);
+            return self.apply_step(cfg, result);
+        }
         Ok(self.step_with_grads(cfg)?.0)
     }
 
@@ -127,6 +135,13 @@ impl TrainState {
     pub fn step_with_grads(&mut self, cfg: &TrainConfig) -> Result<(LogRow, Vec<Vec<f32>>)> {
         let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
         let result = loss_and_grads(cfg, &self.params, &batch)?;
+        let row = self.apply_step(cfg, &result)?;
+        Ok((row, result.grads))
+    }
+
+    /// The log row of a forward and backward pass on batch `self.batch`, and the AdamW
+    /// update with its gradients (none if the loss is not finite).
+    fn apply_step(&mut self, cfg: &TrainConfig, result: &StepResult) -> Result<LogRow> {
         let n_out = cfg.model.d_vocab_out;
         let stats = output_stats(&result.logits, n_out, &result.targets);
         let grad_norm = result
@@ -165,7 +180,7 @@ impl TrainState {
                     update_norm: 0.0,
                 })
                 .collect();
-            return Ok((row, result.grads));
+            return Ok(row);
         }
         let specs = cfg.model.param_specs();
         let mut trained: Vec<&mut [f32]> = specs
@@ -182,7 +197,7 @@ impl TrainState {
         if let Some(p) = cfg.perturbation.as_ref().filter(|p| p.batch == self.batch) {
             self.perturb(cfg, p);
         }
-        Ok((row, result.grads))
+        Ok(row)
     }
 
     /// Scales the perturbed group (a whole tensor, or head `h` of a `[head, …]` tensor), so
@@ -202,7 +217,9 @@ impl TrainState {
 /// config), with the initial state and an empty log: the arguments [`train`] starts from.
 pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, TrainState, TrainLog)> {
     cfg.validate()?;
-    let run = RunDir::create(dir, &serde_json::to_value(cfg)?)?;
+    let mut recorded = cfg.clone();
+    recorded.kernel = Some(cfg.training_kernel());
+    let run = RunDir::create(dir, &serde_json::to_value(&recorded)?)?;
     let log = TrainLog {
         digits: cfg.task.targets.clone(),
         tensor_names: cfg
