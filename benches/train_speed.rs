@@ -1,18 +1,26 @@
 //! Training speed in steps/s for the configs the speed goals are set for (prompt layout,
-//! 5 digits, batch 128), with one and two threads, and the cost of writing snapshots every 50
-//! batches. Prints figures; asserts nothing (speed goals are checked by reading them).
+//! 5 digits, batch 128), with one and two threads, the kernel that ran and the peak resident
+//! memory (VmHWM) next to the bytes of the weights, AdamW moments and gradients, and the cost
+//! of writing snapshots every 50 batches. Prints figures; asserts nothing (speed goals are
+//! checked by reading them). Each config and thread count runs in a process of its own, so the
+//! peak memory is that config's.
 //!
 //!     cargo bench --bench train_speed            # all configs
 //!     cargo bench --bench train_speed -- 128x4   # one config
+//!     DIGITLAB_BENCH_KERNEL=candle cargo bench --bench train_speed   # candle's autograd
 
 use std::time::Instant;
 
 use digitlab::config::TrainConfig;
+use digitlab::fused::{Kernel, StepKind};
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::set_threads;
 use digitlab::train::{new_run, train, TrainState};
 
 const CONFIGS: [(usize, usize, u64); 3] = [(128, 4, 300), (512, 1, 60), (16, 1, 2000)];
+
+/// Set to `candle` to measure candle's autograd instead of the default kernel.
+const KERNEL_ENV: &str = "DIGITLAB_BENCH_KERNEL";
 
 fn config(d_model: usize, n_heads: usize) -> TrainConfig {
     let task = TaskConfig {
@@ -20,7 +28,19 @@ fn config(d_model: usize, n_heads: usize) -> TrainConfig {
         layout: Layout::Prompt,
         targets: vec![0],
     };
-    TrainConfig::default_for(task, d_model, n_heads)
+    let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
+    if std::env::var(KERNEL_ENV).is_ok_and(|k| k == "candle") {
+        cfg.kernel = Some(Kernel::here(StepKind::Candle));
+    }
+    cfg
+}
+
+/// A line of /proc/self/status in MiB (`VmHWM`: the peak resident set), if readable.
+fn status_mib(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Median steps/s of three timed stretches of `steps` steps after 20 warm-up steps.
@@ -71,13 +91,25 @@ fn main() {
         .ok()
         .and_then(|t| t.parse::<usize>().ok())
     else {
-        for threads in [1, 2] {
-            let status = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(std::env::args().skip(1))
-                .env(THREADS_ENV, threads.to_string())
-                .status()
-                .unwrap();
-            assert!(status.success(), "benchmark child failed");
+        let mut jobs: Vec<String> = CONFIGS
+            .iter()
+            .map(|(d, h, _)| format!("{d}x{h}"))
+            .chain(["snapshots".to_string()])
+            .filter(|name| filter.as_ref().is_none_or(|f| f == name))
+            .collect();
+        if jobs.is_empty() {
+            jobs = filter.into_iter().collect();
+        }
+        for job in jobs {
+            let threads: &[usize] = if job == "snapshots" { &[1] } else { &[1, 2] };
+            for &threads in threads {
+                let status = std::process::Command::new(std::env::current_exe().unwrap())
+                    .arg(&job)
+                    .env(THREADS_ENV, threads.to_string())
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "benchmark child failed");
+            }
         }
         return;
     };
@@ -87,10 +119,18 @@ fn main() {
         if filter.as_ref().is_some_and(|f| f != &name) {
             continue;
         }
-        let rate = steps_per_sec(&config(d_model, n_heads), steps);
-        println!("train_speed d_model={d_model} n_heads={n_heads} threads={threads} steps_per_sec={rate:.1}");
+        let cfg = config(d_model, n_heads);
+        let rate = steps_per_sec(&cfg, steps);
+        // Weights, both AdamW moments and the gradients, in MiB.
+        let state = 4.0 * cfg.model.n_trained_params() as f64 * 4.0 / (1 << 20) as f64;
+        println!(
+            "train_speed d_model={d_model} n_heads={n_heads} threads={threads} \
+             steps_per_sec={rate:.1} kernel={} peak_mib={:.1} state_mib={state:.1}",
+            cfg.training_kernel(),
+            status_mib("VmHWM:").unwrap_or(f64::NAN),
+        );
     }
-    if threads == 1 && filter.as_deref().is_none_or(|f| f == "snapshots") {
+    if threads == 1 && filter.as_deref() == Some("snapshots") {
         let mut cfg = config(128, 4);
         cfg.steps = 1000;
         let (mut with, mut without) = (Vec::new(), Vec::new());

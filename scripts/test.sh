@@ -43,11 +43,13 @@ setup_python() {
   echo "installed"
 }
 
-# --- System packages: a real headless Chromium for the report tests -------------------------
-# From Debian's packages, because the browser tests drive a real browser, not a mock. Without
+# --- System packages: a real headless Chromium for the report tests, a real SLURM for sweeps -
+# From Debian's packages, because the browser tests drive a real browser and the sweep's SLURM
+# test submits to a real single-node cluster (it starts munged, slurmctld and slurmd itself,
+# with tests/slurm/cluster.sh, and stops them when it ends), not mocks. Without
 # root or apt-get the step says so, and the tests that need the browser report themselves as
 # skipped with the reason.
-SYSTEM_PACKAGES=(chromium chromium-driver fonts-dejavu-core)
+SYSTEM_PACKAGES=(chromium chromium-driver fonts-dejavu-core slurm-wlm munge)
 setup_system_packages() {
   section "system packages (${SYSTEM_PACKAGES[*]})"
   if dpkg -s "${SYSTEM_PACKAGES[@]}" >/dev/null 2>&1; then

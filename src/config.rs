@@ -30,6 +30,10 @@ pub struct TrainConfig {
     /// Part of the config so that replays reproduce it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perturbation: Option<Perturbation>,
+    /// The kernel the run trains with (`fused-avx512`, `candle-fma`, …), recorded by `new_run`;
+    /// absent in runs older than the record. A recorded `candle-*` keeps a run on candle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<crate::fused::Kernel>,
 }
 
 /// Multiply a tensor (or one head of an attention matrix) by `factor` in the weights of batch
@@ -108,6 +112,7 @@ impl TrainConfig {
             snapshot_every: 50,
             checkpoint_every: 500,
             perturbation: None,
+            kernel: None,
         }
     }
 
@@ -174,6 +179,7 @@ impl TrainConfig {
         if self.checkpoint_every == 0 {
             bail!("--checkpoint-every must be at least 1");
         }
+        self.check_kernel()?;
         if let Some(p) = &self.perturbation {
             if !p.factor.is_finite() {
                 bail!(
@@ -197,7 +203,8 @@ impl TrainConfig {
     }
 
     /// Identifies the trajectory: the hash of the config without the step count (which
-    /// `--resume --steps` may change without changing any snapshot).
+    /// `--resume --steps` may change without changing any snapshot) and without the kernel
+    /// (a record of how, which `new_run` writes into `config.json` only).
     pub fn trajectory_hash(&self) -> String {
         digitlab_snapshots::run_config_hash(&serde_json::to_value(self).expect("config serialises"))
     }

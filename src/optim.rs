@@ -133,6 +133,11 @@ impl UpdateRule {
         m: &mut [f32],
         v: &mut [f32],
     ) -> [f64; 3] {
+        if theta.len() <= BLOCK {
+            // Same sums as one block below, without a rayon job: handing one to the pool and
+            // waiting for it costs more than updating a small tensor (most tensors at d_model 16).
+            return self.apply(theta, grad, m, v);
+        }
         let block_sums: Vec<[f64; 3]> = theta
             .par_chunks_mut(BLOCK)
             .zip(grad.par_chunks(BLOCK))

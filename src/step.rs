@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use digitlab_snapshots::NamedTensor;
 
 use crate::config::TrainConfig;
+use crate::fused::StepKind;
 use crate::model::{Hooks, Transformer};
 use crate::task::Batch;
 
@@ -24,8 +25,21 @@ pub struct StepResult {
     pub grads: Vec<Vec<f32>>,
 }
 
-/// Forward and backward on `batch` with the weights `params` (all tensors, state-dict order).
+/// Forward and backward on `batch` with the weights `params` (all tensors, state-dict order),
+/// through the step implementation of [`TrainConfig::training_kernel`].
 pub fn loss_and_grads(
+    cfg: &TrainConfig,
+    params: &[NamedTensor],
+    batch: &Batch,
+) -> Result<StepResult> {
+    if cfg.training_kernel().step == StepKind::Fused {
+        return crate::fused::loss_and_grads(cfg, params, batch);
+    }
+    candle_loss_and_grads(cfg, params, batch)
+}
+
+/// [`loss_and_grads`] through candle's autograd (any layout and depth).
+pub fn candle_loss_and_grads(
     cfg: &TrainConfig,
     params: &[NamedTensor],
     batch: &Batch,

@@ -11,10 +11,11 @@ use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{Perturbation, TrainConfig};
+use crate::fused::{CachedStep, StepKind};
 use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::{digit_losses, output_stats};
 use crate::resources::MemoryNeed;
-use crate::step::loss_and_grads;
+use crate::step::{loss_and_grads, StepResult};
 use crate::task::training_batch;
 use crate::writer::{RunWriter, WriteJob};
 
@@ -105,6 +106,13 @@ impl TrainState {
     /// Trains on batch `self.batch` and returns its log row. A non-finite loss leaves the
     /// weights untouched (the caller stops the run).
     pub fn step(&mut self, cfg: &TrainConfig) -> Result<LogRow> {
+        if cfg.training_kernel().step == StepKind::Fused {
+            // The fused step's buffers are read in place: no gradient is copied or allocated.
+            let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
+            let mut fused = CachedStep::take(cfg, batch.pairs.len())?;
+            let result = fused.run(cfg, &self.params, &batch);
+            return self.apply_step(cfg, result);
+        }
         Ok(self.step_with_grads(cfg)?.0)
     }
 
@@ -112,6 +120,13 @@ impl TrainState {
     pub fn step_with_grads(&mut self, cfg: &TrainConfig) -> Result<(LogRow, Vec<Vec<f32>>)> {
         let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
         let result = loss_and_grads(cfg, &self.params, &batch)?;
+        let row = self.apply_step(cfg, &result)?;
+        Ok((row, result.grads))
+    }
+
+    /// The log row of a forward and backward pass on batch `self.batch`, and the AdamW
+    /// update with its gradients (none if the loss is not finite).
+    fn apply_step(&mut self, cfg: &TrainConfig, result: &StepResult) -> Result<LogRow> {
         let n_out = cfg.model.d_vocab_out;
         let stats = output_stats(&result.logits, n_out, &result.targets);
         let grad_norm = result
@@ -148,7 +163,7 @@ impl TrainState {
                     update_norm: 0.0,
                 })
                 .collect();
-            return Ok((row, result.grads));
+            return Ok(row);
         }
         let mut weights: Vec<&mut [f32]> = trained(cfg, &mut self.params)
             .map(|p| p.data.as_mut_slice())
@@ -161,7 +176,7 @@ impl TrainState {
         if let Some(p) = cfg.perturbation.as_ref().filter(|p| p.batch == self.batch) {
             self.perturb(cfg, p);
         }
-        Ok((row, result.grads))
+        Ok(row)
     }
 
     /// Scales the perturbed group (a whole tensor, or one head of an attention matrix), so
@@ -193,7 +208,9 @@ fn trained<T>(cfg: &TrainConfig, items: impl IntoIterator<Item = T>) -> impl Ite
 /// start.
 pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, TrainState, TrainLog)> {
     check_config(cfg)?;
-    let run = RunDir::create(dir, &serde_json::to_value(cfg)?)?;
+    let mut recorded = cfg.clone();
+    recorded.kernel = Some(cfg.training_kernel());
+    let run = RunDir::create(dir, &serde_json::to_value(&recorded)?)?;
     Ok((run, TrainState::new(cfg), empty_log(cfg)))
 }
 

@@ -24,21 +24,24 @@ pub fn config_hash(config: &Value) -> String {
 }
 
 /// The config hash that ties every file of a run to its `config.json`: [`config_hash`] of the
-/// config without its top-level `steps`, the one field a resume may change (`train --resume
-/// --steps N`) without changing any snapshot already written.
+/// config without its top-level `steps`, which a resume may change (`train --resume --steps N`)
+/// without changing any snapshot already written, and without `kernel`, a record of which
+/// matrix kernel trained the run that `train` adds when it creates the run directory.
 pub fn run_config_hash(config: &Value) -> String {
     match config {
-        Value::Object(map) if map.contains_key(STEPS) => {
+        Value::Object(map) if NOT_HASHED.iter().any(|k| map.contains_key(*k)) => {
             let mut map = map.clone();
-            map.remove(STEPS);
+            for key in NOT_HASHED {
+                map.remove(key);
+            }
             config_hash(&Value::Object(map))
         }
         other => config_hash(other),
     }
 }
 
-/// The config key excluded from [`run_config_hash`].
-const STEPS: &str = "steps";
+/// The config keys excluded from [`run_config_hash`].
+const NOT_HASHED: [&str; 2] = ["steps", "kernel"];
 
 /// `value` with the keys of every object in sorted order.
 fn canonical(value: &Value) -> Value {

@@ -1,0 +1,239 @@
+//! The backward pass of the fused step, derived by hand from [`super::forward`]: every
+//! gradient of the loss with respect to the trained tensors, from the activations the forward
+//! pass left in the buffers.
+
+use super::buffers::{Buffers, Shapes};
+use super::gemm::{matmul, Mat, MatMut};
+use super::Weights;
+
+/// Writes the gradients into `buf.result.grads` (trained-tensor order: W_E, W_pos, W_Q, W_K,
+/// W_V, W_O, W_in, b_in, W_out, b_out, W_U). Overwrites `post` with the MLP's gradient.
+pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
+    let (b, t, v, d) = (s.batch, s.pos, s.d_vocab, s.d_model);
+    let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
+    let qkv = s.qkv();
+    let Buffers {
+        x,
+        table_in,
+        q,
+        key_table,
+        value_table,
+        pattern,
+        table_weights,
+        z,
+        resid_mid,
+        pre,
+        post,
+        resid_post,
+        d_logits,
+        d_resid_post,
+        d_resid_mid,
+        d_z,
+        d_table_weights,
+        d_table_scores,
+        d_q,
+        d_key_table,
+        d_value_table,
+        d_table_in,
+        d_x,
+        result,
+        ..
+    } = buf;
+    let [g_e, g_pos, g_q, g_k, g_v, g_o, g_in, gb_in, g_out, gb_out, g_u] =
+        result.grads.as_mut_slice()
+    else {
+        unreachable!("the fused step checked the trained tensors when it was built")
+    };
+
+    // Unembedding.
+    let d_logits = Mat::rows(d_logits, b, o);
+    matmul(
+        MatMut::rows(g_u, d, o),
+        Mat::rows(resid_post, b, d).t(),
+        d_logits,
+        1.0,
+        false,
+    );
+    let w_u = Mat::rows(w.w_u, d, o);
+    matmul(
+        MatMut::rows(d_resid_post, b, d),
+        d_logits,
+        w_u.t(),
+        1.0,
+        false,
+    );
+
+    // MLP. ReLU passes the gradient where pre >= 0, as candle's autograd does (PyTorch uses
+    // > 0; the two differ only at exactly zero).
+    matmul(
+        MatMut::rows(g_out, m, d),
+        Mat::rows(post, b, m).t(),
+        Mat::rows(d_resid_post, b, d),
+        1.0,
+        false,
+    );
+    column_sums(gb_out, d_resid_post);
+    let d_pre = post;
+    let w_out = Mat::rows(w.w_out, m, d);
+    matmul(
+        MatMut::rows(d_pre, b, m),
+        Mat::rows(d_resid_post, b, d),
+        w_out.t(),
+        1.0,
+        false,
+    );
+    for (g, &p) in d_pre.iter_mut().zip(pre.iter()) {
+        if p < 0.0 {
+            *g = 0.0;
+        }
+    }
+    column_sums(gb_in, d_pre);
+    matmul(
+        MatMut::rows(g_in, d, m),
+        Mat::rows(resid_mid, b, d).t(),
+        Mat::rows(d_pre, b, m),
+        1.0,
+        false,
+    );
+    d_resid_mid.copy_from_slice(d_resid_post);
+    let w_in = Mat::rows(w.w_in, d, m);
+    matmul(
+        MatMut::rows(d_resid_mid, b, d),
+        Mat::rows(d_pre, b, m),
+        w_in.t(),
+        1.0,
+        true,
+    );
+
+    // Attention output: resid_mid = x + z W_O + b_O.
+    let d_mid = Mat::rows(d_resid_mid, b, d);
+    matmul(
+        MatMut::rows(g_o, qkv, d),
+        Mat::rows(z, b, qkv).t(),
+        d_mid,
+        1.0,
+        false,
+    );
+    matmul(
+        MatMut::rows(d_z, b, qkv),
+        d_mid,
+        Mat::rows(w.w_o, qkv, d).t(),
+        1.0,
+        false,
+    );
+
+    // z = table weights @ value table, per head.
+    for head in 0..h {
+        let block = head * b * r..(head + 1) * b * r;
+        let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
+        let values = Mat::cols(value_table, head * dh, r, dh, qkv);
+        let d_weights = MatMut::rows(&mut d_table_weights[block.clone()], b, r);
+        matmul(d_weights, d_z_head, values.t(), 1.0, false);
+        let weights = Mat::rows(&table_weights[block], b, r);
+        let d_values = MatMut::cols(d_value_table, head * dh, r, dh, qkv);
+        matmul(d_values, weights.t(), d_z_head, 1.0, false);
+    }
+    pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
+
+    // Scores = scaled q . key table rows; q = (x W_Q + b_Q) / sqrt(d_head).
+    let scale = 1.0 / (dh as f32).sqrt();
+    for head in 0..h {
+        let block = head * b * r..(head + 1) * b * r;
+        let d_scores = Mat::rows(&d_table_scores[block], b, r);
+        let keys = Mat::cols(key_table, head * dh, r, dh, qkv);
+        let d_q_head = MatMut::cols(d_q, head * dh, b, dh, qkv);
+        matmul(d_q_head, d_scores, keys, scale, false);
+        let q_head = Mat::cols(q, head * dh, b, dh, qkv);
+        let d_keys = MatMut::cols(d_key_table, head * dh, r, dh, qkv);
+        matmul(d_keys, d_scores.t(), q_head, 1.0, false);
+    }
+
+    // Projections of x (queries) and of the table rows (keys, values), per head.
+    d_x.copy_from_slice(d_resid_mid);
+    let (x, table_in) = (Mat::rows(x, b, d), Mat::rows(table_in, r, d));
+    for head in 0..h {
+        let d_q_head = Mat::cols(d_q, head * dh, b, dh, qkv);
+        let d_keys = Mat::cols(d_key_table, head * dh, r, dh, qkv);
+        let d_values = Mat::cols(d_value_table, head * dh, r, dh, qkv);
+        matmul(MatMut::head(g_q, head, d, dh), x.t(), d_q_head, 1.0, false);
+        matmul(
+            MatMut::head(g_k, head, d, dh),
+            table_in.t(),
+            d_keys,
+            1.0,
+            false,
+        );
+        matmul(
+            MatMut::head(g_v, head, d, dh),
+            table_in.t(),
+            d_values,
+            1.0,
+            false,
+        );
+        let w_q = Mat::head(w.w_q, head, d, dh);
+        matmul(MatMut::rows(d_x, b, d), d_q_head, w_q.t(), 1.0, true);
+        let w_k = Mat::head(w.w_k, head, d, dh);
+        matmul(
+            MatMut::rows(d_table_in, r, d),
+            d_keys,
+            w_k.t(),
+            1.0,
+            head > 0,
+        );
+        let w_v = Mat::head(w.w_v, head, d, dh);
+        matmul(MatMut::rows(d_table_in, r, d), d_values, w_v.t(), 1.0, true);
+    }
+
+    // Embeddings: the table rows, plus x = W_E[token at the query] + W_pos[query position].
+    g_e.copy_from_slice(&d_table_in[..v * d]);
+    g_pos.copy_from_slice(&d_table_in[v * d..]);
+    let g_pos_last = &mut g_pos[(t - 1) * d..][..d];
+    for (example, d_x) in d_x.chunks_exact(d).enumerate() {
+        let token = tokens[example * t + t - 1] as usize;
+        for ((e, p), g) in g_e[token * d..][..d]
+            .iter_mut()
+            .zip(g_pos_last.iter_mut())
+            .zip(d_x)
+        {
+            *e += g;
+            *p += g;
+        }
+    }
+}
+
+/// From the gradient of the table weights to the gradient of the table scores: through the
+/// gather of token rows by position, the softmax, and back into token and position rows.
+fn pattern_backward(
+    s: &Shapes,
+    tokens: &[u32],
+    pattern: &[f32],
+    d_table_weights: &[f32],
+    d_table_scores: &mut [f32],
+) {
+    let (b, t, v, h, r) = (s.batch, s.pos, s.d_vocab, s.n_heads, s.table_rows());
+    for example in 0..b {
+        let tokens = &tokens[example * t..][..t];
+        for head in 0..h {
+            let block = (head * b + example) * r;
+            let d_weights = &d_table_weights[block..][..r];
+            let pattern = &pattern[(example * h + head) * t..][..t];
+            let d_pattern = |j: usize, token: u32| d_weights[token as usize] + d_weights[v + j];
+            let dot: f32 = (0..t).map(|j| pattern[j] * d_pattern(j, tokens[j])).sum();
+            let d_scores = &mut d_table_scores[block..][..r];
+            d_scores[..v].fill(0.0);
+            for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
+                let g = p * (d_pattern(j, token) - dot);
+                d_scores[token as usize] += g;
+                d_scores[v + j] = g;
+            }
+        }
+    }
+}
+
+/// `sums[j] = sum_i rows[i][j]` over rows of `sums.len()`.
+fn column_sums(sums: &mut [f32], rows: &[f32]) {
+    sums.fill(0.0);
+    for row in rows.chunks_exact(sums.len()) {
+        sums.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+    }
+}

@@ -1,0 +1,181 @@
+//! The forward pass of the fused step: logits at the query position and the mean
+//! cross-entropy, from the token and position tables (the algebra of
+//! `model/last_position.rs`), keeping every activation the backward pass needs.
+
+use super::buffers::{Buffers, Shapes};
+use super::gemm::{matmul, Mat, MatMut};
+use super::Weights;
+
+/// Fills `buf` with the activations of `tokens` (`[batch, pos]`), the logits, the loss and the
+/// gradient of the loss with respect to the logits.
+pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
+    let (b, t, v, d) = (s.batch, s.pos, s.d_vocab, s.d_model);
+    let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
+    let qkv = s.qkv();
+
+    // The residual stream at the query position, and the rows keys and values are made of.
+    let pos_last = &w.w_pos[(t - 1) * d..][..d];
+    for (row, x) in buf.x.chunks_exact_mut(d).enumerate() {
+        let token = tokens[row * t + t - 1] as usize;
+        for ((x, e), p) in x.iter_mut().zip(&w.w_e[token * d..][..d]).zip(pos_last) {
+            *x = e + p;
+        }
+    }
+    buf.table_in[..v * d].copy_from_slice(&w.w_e[..v * d]);
+    buf.table_in[v * d..].copy_from_slice(&w.w_pos[..t * d]);
+
+    let scale = 1.0 / (dh as f32).sqrt();
+    for head in 0..h {
+        let x = Mat::rows(&buf.x, b, d);
+        let table_in = Mat::rows(&buf.table_in, r, d);
+        let q = MatMut::cols(&mut buf.q, head * dh, b, dh, qkv);
+        matmul(q, x, Mat::head(w.w_q, head, d, dh), 1.0, false);
+        let keys = MatMut::cols(&mut buf.key_table, head * dh, r, dh, qkv);
+        matmul(keys, table_in, Mat::head(w.w_k, head, d, dh), 1.0, false);
+        let values = MatMut::cols(&mut buf.value_table, head * dh, r, dh, qkv);
+        matmul(values, table_in, Mat::head(w.w_v, head, d, dh), 1.0, false);
+    }
+    // Biases: queries on every row; keys and values on the token rows only, because the
+    // attention weights of the token rows sum to one (the position rows carry no bias).
+    for q in buf.q.chunks_exact_mut(qkv) {
+        for (q, bias) in q.iter_mut().zip(w.b_q) {
+            *q = (*q + bias) * scale;
+        }
+    }
+    for (table, bias) in [(&mut buf.key_table, w.b_k), (&mut buf.value_table, w.b_v)] {
+        for row in table[..v * qkv].chunks_exact_mut(qkv) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+    }
+
+    for head in 0..h {
+        let q_head = Mat::cols(&buf.q, head * dh, b, dh, qkv);
+        let keys = Mat::cols(&buf.key_table, head * dh, r, dh, qkv);
+        let scores = MatMut::rows(&mut buf.table_scores[head * b * r..][..b * r], b, r);
+        matmul(scores, q_head, keys.t(), 1.0, false);
+    }
+    attention_pattern(s, tokens, buf);
+    for head in 0..h {
+        let weights = Mat::rows(&buf.table_weights[head * b * r..][..b * r], b, r);
+        let values = Mat::cols(&buf.value_table, head * dh, r, dh, qkv);
+        let z = MatMut::cols(&mut buf.z, head * dh, b, dh, qkv);
+        matmul(z, weights, values, 1.0, false);
+    }
+
+    // resid_mid = x + z W_O + b_O; W_O as [head * d_head, d_model] is its stored layout.
+    add_rows(&mut buf.resid_mid, &buf.x, w.b_o);
+    matmul(
+        MatMut::rows(&mut buf.resid_mid, b, d),
+        Mat::rows(&buf.z, b, qkv),
+        Mat::rows(w.w_o, qkv, d),
+        1.0,
+        true,
+    );
+
+    // MLP: post = ReLU(resid_mid W_in + b_in); resid_post = resid_mid + post W_out + b_out.
+    broadcast_rows(&mut buf.pre, w.b_in);
+    matmul(
+        MatMut::rows(&mut buf.pre, b, m),
+        Mat::rows(&buf.resid_mid, b, d),
+        Mat::rows(w.w_in, d, m),
+        1.0,
+        true,
+    );
+    for (post, pre) in buf.post.iter_mut().zip(&buf.pre) {
+        *post = pre.max(0.0);
+    }
+    add_rows(&mut buf.resid_post, &buf.resid_mid, w.b_out);
+    matmul(
+        MatMut::rows(&mut buf.resid_post, b, d),
+        Mat::rows(&buf.post, b, m),
+        Mat::rows(w.w_out, m, d),
+        1.0,
+        true,
+    );
+
+    let logits = &mut buf.result.logits;
+    broadcast_rows(logits, w.b_u);
+    matmul(
+        MatMut::rows(logits, b, o),
+        Mat::rows(&buf.resid_post, b, d),
+        Mat::rows(w.w_u, d, o),
+        1.0,
+        true,
+    );
+    cross_entropy(s, buf);
+}
+
+/// Softmax over positions of `q . (token key + position key)`, then the attention mass per
+/// table row: a token row collects the mass of every position holding that token.
+fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
+    let (b, t, v, h, r) = (s.batch, s.pos, s.d_vocab, s.n_heads, s.table_rows());
+    for example in 0..b {
+        let tokens = &tokens[example * t..][..t];
+        for head in 0..h {
+            let block = (head * b + example) * r;
+            let scores = &buf.table_scores[block..][..r];
+            let pattern = &mut buf.pattern[(example * h + head) * t..][..t];
+            let mut max = f32::NEG_INFINITY;
+            for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
+                *p = scores[token as usize] + scores[v + j];
+                max = max.max(*p);
+            }
+            let mut sum = 0.0;
+            for p in pattern.iter_mut() {
+                *p = (*p - max).exp();
+                sum += *p;
+            }
+            let weights = &mut buf.table_weights[block..][..r];
+            weights[..v].fill(0.0);
+            for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
+                *p /= sum;
+                weights[token as usize] += *p;
+                weights[v + j] = *p;
+            }
+        }
+    }
+}
+
+/// The mean cross-entropy of the logits and its gradient `(softmax - one_hot) / batch`.
+fn cross_entropy(s: &Shapes, buf: &mut Buffers) {
+    let (o, b) = (s.d_vocab_out, s.batch as f32);
+    let result = &mut buf.result;
+    let mut total = 0.0f64;
+    for ((logits, d_logits), &target) in result
+        .logits
+        .chunks_exact(o)
+        .zip(buf.d_logits.chunks_exact_mut(o))
+        .zip(&result.targets)
+    {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let mut sum = 0.0;
+        for (d, &x) in d_logits.iter_mut().zip(logits) {
+            *d = (x - max).exp();
+            sum += *d;
+        }
+        let target = target as usize;
+        total += f64::from(max + sum.ln() - logits[target]);
+        d_logits.iter_mut().for_each(|d| *d /= sum * b);
+        d_logits[target] -= 1.0 / b;
+    }
+    result.loss = (total / f64::from(b)) as f32;
+}
+
+/// Every row of `dst` (rows of `bias.len()`) set to `src`'s row plus `bias`.
+fn add_rows(dst: &mut [f32], src: &[f32], bias: &[f32]) {
+    for (dst, src) in dst
+        .chunks_exact_mut(bias.len())
+        .zip(src.chunks_exact(bias.len()))
+    {
+        for ((y, x), b) in dst.iter_mut().zip(src).zip(bias) {
+            *y = x + b;
+        }
+    }
+}
+
+/// Every row of `dst` set to `bias`.
+fn broadcast_rows(dst: &mut [f32], bias: &[f32]) {
+    for row in dst.chunks_exact_mut(bias.len()) {
+        row.copy_from_slice(bias);
+    }
+}

@@ -1,0 +1,218 @@
+//! The fused training step: forward and hand-derived backward of a one-layer model in the
+//! prompt layout over preallocated buffers, with matrix products through the `gemm` crate.
+//!
+//! Same function and gradients as candle's autograd over [`crate::model::Transformer`] (a
+//! test holds them to 1e-5), with the algebra of the last-position path: only the `=`
+//! position feeds the loss, and the residual stream before attention is `W_E[token] +
+//! W_pos[pos]`, so keys and values come from per-token and per-position tables (`d_vocab +
+//! n_ctx` rows a step, not `batch * n_ctx`), and the query, attention output, MLP and
+//! unembedding are computed at that one position. Written by hand rather than through candle
+//! because at these sizes a step is dominated by what a general graph costs around the
+//! arithmetic (building the graph, allocating and zeroing every intermediate, copying
+//! gradients out), not by the arithmetic itself.
+//!
+//! Buffers live in a thread-local [`FusedStep`], built on the first step of a config and
+//! reused by every later one.
+
+mod backward;
+mod buffers;
+mod forward;
+mod gemm;
+pub mod kernel;
+
+use std::cell::RefCell;
+
+use anyhow::{bail, Result};
+use digitlab_snapshots::NamedTensor;
+
+use crate::config::TrainConfig;
+use crate::step::StepResult;
+use crate::task::Batch;
+use buffers::{Buffers, Shapes};
+
+pub use kernel::{Kernel, Simd, StepKind};
+
+/// The state-dict order of a one-layer model (`ModelConfig::param_specs`), without the
+/// `blocks.0.` of the block tensors.
+const STATE_DICT: [&str; 16] = [
+    "embed.W_E",
+    "pos_embed.W_pos",
+    "attn.W_Q",
+    "attn.W_K",
+    "attn.W_V",
+    "attn.W_O",
+    "attn.b_Q",
+    "attn.b_K",
+    "attn.b_V",
+    "attn.b_O",
+    "mlp.W_in",
+    "mlp.b_in",
+    "mlp.W_out",
+    "mlp.b_out",
+    "unembed.W_U",
+    "unembed.b_U",
+];
+
+/// Trained tensors, in the order the gradients are returned.
+const TRAINED: [&str; 11] = [
+    "embed.W_E",
+    "pos_embed.W_pos",
+    "attn.W_Q",
+    "attn.W_K",
+    "attn.W_V",
+    "attn.W_O",
+    "mlp.W_in",
+    "mlp.b_in",
+    "mlp.W_out",
+    "mlp.b_out",
+    "unembed.W_U",
+];
+
+/// The weights a step reads, each a flat slice in its TransformerLens layout.
+pub struct Weights<'a> {
+    pub w_e: &'a [f32],
+    pub w_pos: &'a [f32],
+    pub w_q: &'a [f32],
+    pub w_k: &'a [f32],
+    pub w_v: &'a [f32],
+    pub w_o: &'a [f32],
+    pub b_q: &'a [f32],
+    pub b_k: &'a [f32],
+    pub b_v: &'a [f32],
+    pub b_o: &'a [f32],
+    pub w_in: &'a [f32],
+    pub b_in: &'a [f32],
+    pub w_out: &'a [f32],
+    pub b_out: &'a [f32],
+    pub w_u: &'a [f32],
+    pub b_u: &'a [f32],
+}
+
+impl<'a> Weights<'a> {
+    /// The state dict `params` (checked against the one-layer order when the step was built).
+    fn of(params: &'a [NamedTensor]) -> Weights<'a> {
+        let [w_e, w_pos, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o, w_in, b_in, w_out, b_out, w_u, b_u] =
+            std::array::from_fn(|i| params[i].data.as_slice());
+        Weights {
+            w_e,
+            w_pos,
+            w_q,
+            w_k,
+            w_v,
+            w_o,
+            b_q,
+            b_k,
+            b_v,
+            b_o,
+            w_in,
+            b_in,
+            w_out,
+            b_out,
+            w_u,
+            b_u,
+        }
+    }
+}
+
+/// The buffers of one config's fused step.
+pub struct FusedStep {
+    shapes: Shapes,
+    buffers: Buffers,
+}
+
+impl FusedStep {
+    /// Buffers for `cfg` and batches of `batch_size` examples; fails if the fused step does not
+    /// apply to `cfg`.
+    pub fn new(cfg: &TrainConfig, batch_size: usize) -> Result<FusedStep> {
+        if !cfg.fused_step_applies() {
+            bail!("the fused step needs a one-layer model in the prompt layout");
+        }
+        let specs = cfg.model.param_specs();
+        let short = |name: &str| name.strip_prefix("blocks.0.").unwrap_or(name).to_string();
+        let names: Vec<String> = specs.iter().map(|s| short(&s.name)).collect();
+        let trained: Vec<String> = specs
+            .iter()
+            .filter(|s| s.trained)
+            .map(|s| short(&s.name))
+            .collect();
+        assert!(
+            names == STATE_DICT && trained == TRAINED,
+            "the fused step's tensor order no longer matches ModelConfig::param_specs"
+        );
+        let grad_sizes: Vec<usize> = specs
+            .iter()
+            .filter(|s| s.trained)
+            .map(|s| s.shape.iter().product())
+            .collect();
+        let shapes = Shapes::of(cfg, batch_size);
+        Ok(FusedStep {
+            buffers: Buffers::new(&shapes, &grad_sizes),
+            shapes,
+        })
+    }
+
+    /// Forward and backward on `batch` with the weights `params` (all tensors, state-dict
+    /// order): loss, logits, targets and gradients of the trained tensors.
+    pub fn run(&mut self, cfg: &TrainConfig, params: &[NamedTensor], batch: &Batch) -> &StepResult {
+        let buf = &mut self.buffers;
+        buf.result.targets = batch.targets(&cfg.task);
+        let weights = Weights::of(params);
+        forward::forward(&self.shapes, &weights, &batch.tokens, buf);
+        backward::backward(&self.shapes, &weights, &batch.tokens, buf);
+        &buf.result
+    }
+}
+
+thread_local! {
+    /// The step of the config trained last on this thread (a training loop trains one).
+    static CACHE: RefCell<Option<(TrainConfig, FusedStep)>> = const { RefCell::new(None) };
+}
+
+/// This thread's [`FusedStep`] for a config, taken out of the cache and put back when dropped,
+/// so that its buffers serve every step of a training loop.
+pub struct CachedStep {
+    entry: Option<(TrainConfig, FusedStep)>,
+}
+
+impl CachedStep {
+    /// The cached step if it was built for `cfg` and batches of `batch_size`, else a new one.
+    pub fn take(cfg: &TrainConfig, batch_size: usize) -> Result<CachedStep> {
+        let cached = CACHE.take().filter(|(c, step)| {
+            c.model == cfg.model && c.task == cfg.task && step.shapes.batch == batch_size
+        });
+        let entry = match cached {
+            Some(entry) => entry,
+            None => (cfg.clone(), FusedStep::new(cfg, batch_size)?),
+        };
+        Ok(CachedStep { entry: Some(entry) })
+    }
+
+    /// [`FusedStep::run`].
+    pub fn run(&mut self, cfg: &TrainConfig, params: &[NamedTensor], batch: &Batch) -> &StepResult {
+        let (_, step) = self.entry.as_mut().expect("present until dropped");
+        step.run(cfg, params, batch)
+    }
+}
+
+impl Drop for CachedStep {
+    fn drop(&mut self) {
+        CACHE.set(self.entry.take());
+    }
+}
+
+/// One fused step on this thread's cached buffers, returning an owned copy of the result (for
+/// callers that keep the gradients).
+pub fn loss_and_grads(
+    cfg: &TrainConfig,
+    params: &[NamedTensor],
+    batch: &Batch,
+) -> Result<StepResult> {
+    let mut step = CachedStep::take(cfg, batch.pairs.len())?;
+    let r = step.run(cfg, params, batch);
+    Ok(StepResult {
+        loss: r.loss,
+        logits: r.logits.clone(),
+        targets: r.targets.clone(),
+        grads: r.grads.clone(),
+    })
+}
