@@ -35,6 +35,12 @@ pub struct MemoryNeed {
 }
 
 impl MemoryNeed {
+    /// An estimate made of named parts, in bytes: how other tools (the analyses) state what
+    /// they need, to be checked the same way.
+    pub fn from_parts(parts: Vec<(String, f64)>) -> MemoryNeed {
+        MemoryNeed { parts }
+    }
+
     /// The estimate of training `cfg` to `cfg.steps`: weights, AdamW moments and the files
     /// being written; the activations of one batch (fast or general path, whichever training
     /// uses); the training log. Computed from the shapes alone, nothing is allocated.
