@@ -32,6 +32,15 @@ fn refused(scratch: &Scratch, run: &Path, args: &[&str], needles: &[&str]) -> St
     message
 }
 
+/// Rewrites the JSON file at `path` with `edit` applied; returns the new value.
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(path, value.to_string()).unwrap();
+    value
+}
+
 /// The batches a table holds, sorted and deduplicated.
 fn batches(df: &DataFrame) -> Vec<i64> {
     let mut b: Vec<i64> = df
@@ -133,14 +142,10 @@ fn a_config_train_would_refuse_is_refused_and_skipped_by_summary() {
     let good = HUNDREDS_32.copy_to(&scratch, "good");
     for field in ["n_heads", "n_layers"] {
         let bad = HUNDREDS_32.copy_to(&scratch, "bad");
-        let mut config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(bad.join("config.json")).unwrap()).unwrap();
-        config["model"][field] = 0.into();
-        std::fs::write(bad.join("config.json"), config.to_string()).unwrap();
-        let mut manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(bad.join("manifest.json")).unwrap()).unwrap();
-        manifest["config_hash"] = run_config_hash(&config).into();
-        std::fs::write(bad.join("manifest.json"), manifest.to_string()).unwrap();
+        let config = edit_json(&bad.join("config.json"), |c| c["model"][field] = 0.into());
+        edit_json(&bad.join("manifest.json"), |m| {
+            m["config_hash"] = run_config_hash(&config).into()
+        });
         let expected = serde_json::from_value::<TrainConfig>(config)
             .unwrap()
             .validate()
@@ -258,4 +263,64 @@ fn a_failed_write_exits_with_status_1() {
     let message = failed_with(&out, &["cannot write", "loss.parquet"]);
     assert_eq!(out.status.code(), Some(1), "{message}");
     assert!(!run.join("analysis").join("loss.parquet").exists());
+}
+
+/// `spikes` on a run whose log or config was swapped or edited says which file does not
+/// belong, instead of blaming the build's determinism after a replay.
+#[test]
+fn spikes_names_a_foreign_log_or_an_edited_config() {
+    setup();
+    let scratch = Scratch::new("defences-spikes");
+    let run = HUNDREDS_32.copy_to(&scratch, "run");
+    std::fs::copy(
+        ANSWER_ALL_32.path().join("train_log.parquet"),
+        run.join("train_log.parquet"),
+    )
+    .unwrap();
+    let message = refused(
+        &scratch,
+        &run,
+        &["spikes", s(&run)],
+        &["train_log.parquet", "does not belong to this run"],
+    );
+    assert!(!message.contains("deterministically"), "{message}");
+
+    let run_copy = HUNDREDS_32.copy_to(&scratch, "edited");
+    std::fs::remove_dir_all(&run).unwrap();
+    edit_json(&run_copy.join("config.json"), |c| c["seed"] = 7.into());
+    let message = refused(
+        &scratch,
+        &run_copy,
+        &["spikes", s(&run_copy)],
+        &["config.json", "does not belong to this run"],
+    );
+    assert!(!message.contains("deterministically"), "{message}");
+}
+
+/// A snapshot that carries the run's hash but not its model's shapes (written by another
+/// build) is named with what to do, not candle's "shape mismatch for blocks.0.attn.W_Q".
+#[test]
+fn a_snapshot_of_other_shapes_is_named() {
+    setup();
+    let scratch = Scratch::new("defences-shapes");
+    let run = HUNDREDS_32.copy_to(&scratch, "run");
+    let mut dir = RunDir::open_locked(&run).unwrap();
+    let entry = dir.manifest().snapshots[1].clone();
+    let mut tensors = dir.read_snapshot(&entry).unwrap().tensors;
+    let w_q = tensors
+        .iter_mut()
+        .find(|t| t.name == "blocks.0.attn.W_Q")
+        .unwrap();
+    w_q.shape[2] += 1;
+    w_q.data = vec![0.0; w_q.shape.iter().product()];
+    dir.write_snapshot(entry.batch, &tensors, &Default::default())
+        .unwrap();
+    drop(dir);
+    let message = refused(
+        &scratch,
+        &run,
+        &["loss", "-q", "--contexts", "10", s(&run)],
+        &[&entry.file, "does not hold the model config.json describes"],
+    );
+    assert!(!message.starts_with("error: shape mismatch"), "{message}");
 }
