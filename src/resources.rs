@@ -178,6 +178,8 @@ pub fn meminfo_available_kib(text: &str) -> Option<u64> {
 
 /// The soft `RLIMIT_AS` in bytes, if finite.
 #[cfg(unix)]
+// rlim_t is u64 on Linux but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
 fn address_space_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
