@@ -103,13 +103,14 @@ fn every_option_is_checked_before_anything_is_written() {
         let message = refused(&scratch, &run, &full, &needles);
         assert!(!message.contains("Some("), "{message}");
     }
-    for contexts in ["0", "100000000000"] {
-        refused(
-            &scratch,
-            &run,
-            &["spikes", "--contexts", contexts, r],
-            &["--contexts"],
-        );
+    for (args, needle) in [
+        (["--contexts", "0"], "--contexts"),
+        (["--contexts", "100000000000"], "--contexts"),
+        (["--window", "0"], "--window"),
+        (["--threshold", "nan"], "--threshold"),
+    ] {
+        let message = refused(&scratch, &run, &["spikes", args[0], args[1], r], &[needle]);
+        assert!(!message.contains("loss_digit"), "{message}");
     }
 }
 

@@ -39,6 +39,7 @@ struct Found {
 
 /// Runs the whole analysis on `run`.
 pub fn analyze_spikes(run: &Run, options: &SpikeAnalysisOptions) -> Result<Vec<String>> {
+    options.detection.validate()?;
     // One eval set of the spiking digit, measured on one thread.
     check_eval_memory(&run.cfg, 1, options.contexts, 1)?;
     let log = run.dir.read_train_log()?.with_context(|| {
