@@ -35,6 +35,12 @@ pub struct MemoryNeed {
 }
 
 impl MemoryNeed {
+    /// An estimate made of named parts, in bytes: how other tools (the analyses) state what
+    /// they need, to be checked the same way.
+    pub fn from_parts(parts: Vec<(String, f64)>) -> MemoryNeed {
+        MemoryNeed { parts }
+    }
+
     /// The estimate of training `cfg` to `cfg.steps`: weights, AdamW moments and the files
     /// being written; the activations of one batch (fast or general path, whichever training
     /// uses); the training log. Computed from the shapes alone, nothing is allocated.
@@ -172,6 +178,8 @@ pub fn meminfo_available_kib(text: &str) -> Option<u64> {
 
 /// The soft `RLIMIT_AS` in bytes, if finite.
 #[cfg(unix)]
+// rlim_t is u64 on Linux but not on every Unix.
+#[allow(clippy::unnecessary_cast)]
 fn address_space_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -283,7 +283,7 @@ fn norms_of_huge_finite_values_do_not_overflow() {
         &cfg,
         1e-3,
         &mut [theta.as_mut_slice()],
-        &[grad.clone()],
+        std::slice::from_ref(&grad),
         1.0,
     );
     let expected_grad = norm(grad.iter().map(|&g| f64::from(g)));

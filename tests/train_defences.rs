@@ -222,6 +222,21 @@ fn options_that_cannot_work_are_refused_before_anything_is_written() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Runs `train args` from `sh` after the shell commands `limits` (e.g. `ulimit -v N`); returns
+/// its output and stderr.
+#[cfg(unix)]
+fn train_under(limits: &str, args: &[&str]) -> (std::process::Output, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limits} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_train"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
 /// Under `ulimit -v` the estimate is checked against the address-space limit: a run that fits
 /// the machine but not the limit is refused with the estimate instead of aborting.
 #[cfg(unix)]
@@ -229,15 +244,17 @@ fn options_that_cannot_work_are_refused_before_anything_is_written() {
 fn under_an_address_space_limit_a_big_batch_is_refused_with_the_estimate() {
     let root = scratch("ulimit");
     let dir = root.join("run");
-    let script = format!(
-        "ulimit -v 2000000 && exec \"$0\" --batch-size 200000 --steps 2 -q {}",
-        dir.display()
+    let (out, stderr) = train_under(
+        "ulimit -v 2000000",
+        &[
+            "--batch-size",
+            "200000",
+            "--steps",
+            "2",
+            "-q",
+            dir.to_str().unwrap(),
+        ],
     );
-    let out = Command::new("sh")
-        .args(["-c", &script, env!("CARGO_BIN_EXE_train")])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("needs about") && stderr.contains("ulimit -v"),
@@ -331,15 +348,19 @@ fn a_failing_write_exits_1_and_the_run_resumes() {
     let root = scratch("write-fails");
     let dir = root.join("run");
     // SIGXFSZ ignored, so a write past the limit fails with EFBIG instead of killing train.
-    let script = format!(
-        "trap '' XFSZ && ulimit -f 64 && exec \"$0\" --d-model 64 --n-heads 2 --steps 40 -q {}",
-        dir.display()
+    let (out, stderr) = train_under(
+        "trap '' XFSZ && ulimit -f 64",
+        &[
+            "--d-model",
+            "64",
+            "--n-heads",
+            "2",
+            "--steps",
+            "40",
+            "-q",
+            dir.to_str().unwrap(),
+        ],
     );
-    let out = Command::new("sh")
-        .args(["-c", &script, env!("CARGO_BIN_EXE_train")])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot write"), "{stderr}");
     // Whatever the manifest lists is complete.

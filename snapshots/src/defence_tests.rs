@@ -130,7 +130,9 @@ fn non_regular_or_oversized_snapshot_files_are_damaged_without_reading() {
         let _ = fs::remove_dir_all(&path);
         make(&path);
     };
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    // What is put in the snapshot's place, named.
+    type Case<'a> = (&'a str, Box<dyn Fn(&Path)>);
+    let cases: Vec<Case> = vec![
         (
             "symbolic link",
             Box::new(|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap()),

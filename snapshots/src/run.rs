@@ -7,7 +7,8 @@
 //! root/snapshots/           batch-NNNNNN.safetensors.zst, checkpoint-NNNNNN.safetensors.zst
 //! root/train_log.parquet    one row per batch
 //! root/analysis/*.parquet   one file per analysis
-//! root/digitlab.lock        held by the one process writing to the run (see `RunLock`)
+//! root/analysis/digitlab.lock  held by the one analysis writing tables (`lock_analysis`)
+//! root/digitlab.lock        held by the one process training the run (see `RunLock`)
 //! ```
 
 use std::collections::BTreeMap;
@@ -299,6 +300,32 @@ impl RunDir {
         self.root.join(TRAIN_LOG)
     }
 
+    /// Take the lock of the `analysis/` folder (creating the folder if needed, never through
+    /// a link), which every analysis holds while it writes tables, and remove the temporary
+    /// files a killed analysis left there. It is not the run's own lock, which `train` holds
+    /// while it trains: a run that is still training can be analysed. [`RunError::Locked`],
+    /// naming the holder's pid, if another analysis holds it.
+    pub fn lock_analysis(&self) -> Result<RunLock, RunError> {
+        let folder = self.root.join(ANALYSIS);
+        match fs::symlink_metadata(&folder) {
+            Ok(m) if !m.is_dir() => {
+                return Err(RunError::damaged(
+                    &folder,
+                    "it is not a folder (a link or a file); the tables of a run are written \
+                     into a real folder inside it",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir(&folder).map_err(|e| RunError::write(&folder, e))?
+            }
+            Err(e) => return Err(RunError::write(&folder, e)),
+        }
+        let lock = RunLock::acquire(&folder)?;
+        remove_temporary_files_in(&folder)?;
+        Ok(lock)
+    }
+
     /// `root/analysis/{name}.parquet`; [`crate::write_parquet_atomic`] creates the folder.
     pub fn analysis_path(&self, name: &str) -> PathBuf {
         self.root.join(ANALYSIS).join(format!("{name}.parquet"))
@@ -317,7 +344,8 @@ impl RunDir {
     /// [`RunError::Mismatch`] if its config hash is not the run's (a log copied from another
     /// run); [`RunError::Damaged`] if it is not a regular file, does not parse, its rows are
     /// not batches 0, 1, 2, … in order, or it ends before the newest batch the manifest lists
-    /// (rows deleted) or after the config's `steps`.
+    /// (rows deleted) or after the config's `steps`. Rows a resume with more steps added since
+    /// this view was opened are accepted and left out: the log ends at this view's `steps`.
     pub fn read_train_log(&self) -> Result<Option<TrainLog>, RunError> {
         let path = self.train_log_path();
         if !path_exists(&path) {
@@ -337,16 +365,26 @@ impl RunDir {
                     ),
                 ));
             }
+            // A `train --resume --steps` since this view was opened raised the steps of
+            // config.json: the rows it added are progress, not damage.
+            let steps_now = || {
+                read_json::<Value>(&self.root, CONFIG, MAX_CONFIG_BYTES)
+                    .ok()
+                    .and_then(|c| c.get("steps").and_then(Value::as_u64))
+            };
             if let Some(steps) = steps.filter(|&s| rows > s) {
-                return Err(RunError::damaged(
-                    &path,
-                    format!("it has {rows} rows, more than the {steps} steps of config.json"),
-                ));
+                let steps = steps_now().map_or(steps, |now| now.max(steps));
+                if rows > steps {
+                    return Err(RunError::damaged(
+                        &path,
+                        format!("it has {rows} rows, more than the {steps} steps of config.json"),
+                    ));
+                }
             }
             Ok(())
         };
         let df = read_parquet_checked(&path, check)?;
-        let log = TrainLog::from_dataframe(&df).map_err(|e| RunError::damaged(&path, e))?;
+        let mut log = TrainLog::from_dataframe(&df).map_err(|e| RunError::damaged(&path, e))?;
         if let Some((i, row)) = log
             .rows
             .iter()
@@ -361,6 +399,10 @@ impl RunDir {
                     row.batch
                 ),
             ));
+        }
+        // The log as far as the config this view was opened with goes.
+        if let Some(steps) = steps {
+            log.truncate(steps);
         }
         Ok(Some(log))
     }
@@ -544,19 +586,20 @@ fn is_unstarted_run(root: &Path) -> Result<bool, RunError> {
 /// Remove the temporary files a killed writer left in the run's folders (only while holding
 /// the lock, so they cannot be another writer's).
 fn remove_temporary_files(root: &Path) -> Result<(), RunError> {
-    for dir in [
-        root.to_path_buf(),
-        root.join(SNAPSHOTS),
-        root.join(ANALYSIS),
-    ] {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if is_temporary(&entry.file_name().to_string_lossy()) {
-                // Removes a planted link itself, never its target.
-                remove_if_present(&entry.path())?;
-            }
+    // Not `analysis/`: its writers hold the analysis lock, not this one.
+    remove_temporary_files_in(root)?;
+    remove_temporary_files_in(&root.join(SNAPSHOTS))
+}
+
+/// Remove the temporary files directly in `dir` (a missing folder has none).
+fn remove_temporary_files_in(dir: &Path) -> Result<(), RunError> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        if is_temporary(&entry.file_name().to_string_lossy()) {
+            // Removes a planted link itself, never its target.
+            remove_if_present(&entry.path())?;
         }
     }
     Ok(())

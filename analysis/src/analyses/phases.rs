@@ -4,7 +4,7 @@
 //! and `plateaus.parquet` (one row per plateau).
 
 use anyhow::{Context, Result};
-use digitlab_snapshots::{read_parquet, write_parquet_atomic};
+use digitlab_snapshots::{read_parquet, write_parquet_atomic, TrainLog};
 use polars::df;
 use polars::prelude::{ChunkCompareEq, DataFrame};
 
@@ -35,16 +35,31 @@ impl PhaseRecord {
     }
 }
 
-/// Computes the phases of `run`, writes its two tables and returns the records.
-pub fn run_phases(
+/// Everything `phases` checks before it writes: the options, and the training log read (so a
+/// damaged or foreign `train_log.parquet` is refused before any table is written). `None`
+/// for a run without a log.
+pub fn phase_inputs(
     run: &Run,
     eval: &EvalOptions,
     options: &PhaseOptions,
+) -> Result<Option<TrainLog>> {
+    options.validate()?;
+    eval.validate(run)?;
+    Ok(run.dir.read_train_log()?)
+}
+
+/// Computes the phases of `run` from its `train_log` (read by [`phase_inputs`]), writes its
+/// two tables and returns the records.
+pub fn run_phases(
+    run: &Run,
+    train_log: Option<&TrainLog>,
+    eval: &EvalOptions,
+    options: &PhaseOptions,
 ) -> Result<Vec<PhaseRecord>> {
+    options.validate()?;
     // The eval loss, brought up to date (only new snapshots are computed).
     run_snapshot_analyses(run, &[SnapshotAnalysis::Loss], eval)?;
     let loss = read_parquet(&run.dir.analysis_path(SnapshotAnalysis::Loss.file_name()))?;
-    let train_log = run.dir.read_train_log()?;
     let mut records = Vec::new();
     for digit in digits_to_analyse(run, eval)? {
         let p_carry = if digit == 0 {
@@ -66,7 +81,7 @@ pub fn run_phases(
             carry_entropy,
             summary,
         });
-        if let Some(log) = &train_log {
+        if let Some(log) = train_log {
             if let Some(i) = log.digits.iter().position(|&d| d == digit) {
                 let batches: Vec<u64> = log.rows.iter().map(|r| r.batch).collect();
                 let values: Vec<f64> = log

@@ -8,18 +8,21 @@ use anyhow::{bail, Result};
 use digitlab_snapshots::write_parquet_atomic;
 use polars::prelude::{Column, DataFrame};
 
-use crate::analyses::phases::{phases_table, run_phases};
+use crate::analyses::phases::{phase_inputs, phases_table, run_phases};
 use crate::analyses::snapshot::EvalOptions;
 use crate::metrics::phases::PhaseOptions;
 use crate::run::Run;
 
 /// Runs `phases` on every run directly under `folder` and writes the joined table; returns
-/// its path and the runs skipped with the reason.
+/// its path and the runs skipped with the reason (a run that cannot be opened, such as one
+/// whose config.json would be refused by `train`, is skipped, not fatal).
 pub fn summarize(
     folder: &Path,
     eval: &EvalOptions,
     options: &PhaseOptions,
 ) -> Result<(std::path::PathBuf, Vec<String>)> {
+    // An option no run can satisfy is refused once, not reported as every run skipped.
+    options.validate()?;
     let mut runs: Vec<_> = std::fs::read_dir(folder)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", folder.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -36,7 +39,9 @@ pub fn summarize(
     let mut skipped = Vec::new();
     for path in runs {
         let outcome = Run::open(&path).and_then(|run| {
-            let records = run_phases(&run, eval, options)?;
+            let train_log = phase_inputs(&run, eval, options)?;
+            let _lock = run.dir.lock_analysis()?;
+            let records = run_phases(&run, train_log.as_ref(), eval, options)?;
             let mut df = phases_table(&run.id, &records)?;
             for column in config_columns(&run, df.height()) {
                 df.with_column(column)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use digitlab_analysis::analyses::phases::run_phases;
+use digitlab_analysis::analyses::phases::{phase_inputs, run_phases};
 use digitlab_analysis::analyses::snapshot::SnapshotAnalysis;
 use digitlab_analysis::analyses::snapshot::{run_snapshot_analyses, EvalOptions};
 use digitlab_analysis::analyses::spikes::{analyze_spikes, SpikeAnalysisOptions};
@@ -15,6 +15,7 @@ use digitlab_analysis::metrics::phases::PhaseOptions;
 use digitlab_analysis::metrics::spike_detection::SpikeOptions;
 use digitlab_analysis::report;
 use digitlab_analysis::run::{Run, Selection};
+use digitlab_snapshots::RunError;
 
 /// Replay the snapshots of a digitlab run into progress measures (Parquet, tidy long format).
 #[derive(Parser)]
@@ -131,13 +132,13 @@ struct PhaseArgs {
     #[command(flatten)]
     run: RunArgs,
     /// Width in batches of the running median and slope windows.
-    #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_SMOOTHING_BATCHES)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value_t = digitlab_analysis::metrics::phases::DEFAULT_SMOOTHING_BATCHES)]
     smoothing_batches: u64,
     /// Flat means |d ln(loss)/d batch| * 1000 below this.
     #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_FLAT_SLOPE)]
     flat_slope: f64,
     /// Shortest plateau, in batches.
-    #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_MIN_PLATEAU_BATCHES)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), default_value_t = digitlab_analysis::metrics::phases::DEFAULT_MIN_PLATEAU_BATCHES)]
     min_plateau_batches: u64,
     /// A plateau takes a level's name within this distance in ln(loss).
     #[arg(long, default_value_t = digitlab_analysis::metrics::phases::DEFAULT_LEVEL_TOLERANCE)]
@@ -187,9 +188,18 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(exit_status(&e))
         }
     }
+}
+
+/// The convention of every digitlab binary ([`RunError::exit_status`]): 1 when the work failed
+/// (a write, e.g. a full disk), 2 when the input was refused (a bad option, a damaged, foreign
+/// or locked run), which is every error that is not a run error.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(|cause| cause.downcast_ref::<RunError>())
+        .map_or(2, RunError::exit_status)
 }
 
 /// Snapshots are replayed in parallel on rayon's pool (RAYON_NUM_THREADS, or every core);
@@ -207,23 +217,23 @@ fn configure_threads() {
     digitlab::threads::set_threads(1);
 }
 
+/// Each command opens its run once (one manifest for every stage), checks every option and
+/// input it will need, then takes the analysis lock and writes.
 fn run(cli: Cli) -> Result<()> {
     let snapshot = |args: &RunArgs, analyses: &[SnapshotAnalysis]| -> Result<()> {
         let run = Run::open(&args.path)?;
-        for line in run_snapshot_analyses(&run, analyses, &args.eval_options())? {
-            println!("{line}");
-        }
+        let options = args.eval_options();
+        options.validate(&run)?;
+        let _lock = run.dir.lock_analysis()?;
+        print_lines(run_snapshot_analyses(&run, analyses, &options)?);
         Ok(())
     };
     match cli.analysis {
         Analysis::Loss(args) => snapshot(&args, &[SnapshotAnalysis::Loss]),
         Analysis::NaiveLens(args) => snapshot(&args, &[SnapshotAnalysis::NaiveLens]),
         Analysis::ExcludedLoss(args) => snapshot(&args, &[SnapshotAnalysis::ExcludedLoss]),
-        Analysis::Phases(args) => phases(&args),
-        Analysis::All(args) => {
-            snapshot(&args.run, &SnapshotAnalysis::ALL)?;
-            phases(&args)
-        }
+        Analysis::Phases(args) => phases(&args, &[]),
+        Analysis::All(args) => phases(&args, &SnapshotAnalysis::ALL),
         Analysis::Spikes(args) => spikes(&args),
         Analysis::Report(args) => report(&args),
         Analysis::Summary(args) => {
@@ -241,6 +251,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn print_lines(lines: Vec<String>) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 fn spikes(args: &SpikeArgs) -> Result<()> {
     let run = Run::open(&args.path)?;
     let options = SpikeAnalysisOptions {
@@ -253,9 +269,7 @@ fn spikes(args: &SpikeArgs) -> Result<()> {
         eval_seed: args.eval_seed,
         max_attributed: args.max_attributed,
     };
-    for line in analyze_spikes(&run, &options)? {
-        println!("{line}");
-    }
+    print_lines(analyze_spikes(&run, &options)?);
     Ok(())
 }
 
@@ -283,8 +297,12 @@ fn report(args: &ReportArgs) -> Result<()> {
             ..args.analyses
         };
         let all = Run::open(run).and_then(|r| {
-            run_snapshot_analyses(&r, &SnapshotAnalysis::ALL, &one.run.eval_options())?;
-            run_phases(&r, &one.run.eval_options(), &one.phase_options())?;
+            let (eval, options) = (one.run.eval_options(), one.phase_options());
+            let train_log = phase_inputs(&r, &eval, &options)?;
+            let lock = r.dir.lock_analysis()?;
+            run_snapshot_analyses(&r, &SnapshotAnalysis::ALL, &eval)?;
+            run_phases(&r, train_log.as_ref(), &eval, &options)?;
+            drop(lock);
             Ok(r)
         });
         match all {
@@ -340,9 +358,17 @@ fn open_in_browser(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn phases(args: &PhaseArgs) -> Result<()> {
+/// `phases`, after the snapshot `analyses` first (`all`), on one opening of the run.
+fn phases(args: &PhaseArgs, analyses: &[SnapshotAnalysis]) -> Result<()> {
     let run = Run::open(&args.run.path)?;
-    let records = run_phases(&run, &args.run.eval_options(), &args.phase_options())
+    let eval = args.run.eval_options();
+    let options = args.phase_options();
+    let train_log = phase_inputs(&run, &eval, &options)?;
+    let _lock = run.dir.lock_analysis()?;
+    if !analyses.is_empty() {
+        print_lines(run_snapshot_analyses(&run, analyses, &eval)?);
+    }
+    let records = run_phases(&run, train_log.as_ref(), &eval, &options)
         .with_context(|| format!("phases of {}", run.id))?;
     for r in records {
         let s = &r.summary;

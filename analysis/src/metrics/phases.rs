@@ -110,7 +110,11 @@ impl Default for PhaseOptions {
 }
 
 impl PhaseOptions {
-    fn validate(&self) -> Result<(), SeriesError> {
+    /// Every option in range, named by its `analyze` flag: the slope, tolerances and floor
+    /// positive and finite (a width of 0 batches means no smoothing, or every plateau kept).
+    /// The analyses call it before writing anything, so a bad option never leaves some tables
+    /// written and others not.
+    pub fn validate(&self) -> Result<(), SeriesError> {
         let positive = |value: f64, name: &'static str| {
             if value.is_finite() && value > 0.0 {
                 Ok(())
@@ -118,10 +122,10 @@ impl PhaseOptions {
                 Err(SeriesError::InvalidOption { name })
             }
         };
-        positive(self.flat_slope, "flat_slope")?;
-        positive(self.level_tolerance, "level_tolerance")?;
+        positive(self.flat_slope, "--flat-slope")?;
+        positive(self.level_tolerance, "--level-tolerance")?;
         positive(self.edge_tolerance, "edge_tolerance")?;
-        positive(self.zero_floor, "zero_floor")
+        positive(self.zero_floor, "--zero-floor")
     }
 }
 

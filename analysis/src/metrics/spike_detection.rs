@@ -73,6 +73,22 @@ impl Default for SpikeOptions {
     }
 }
 
+impl SpikeOptions {
+    /// The window at least one batch, the threshold positive and finite; named by their
+    /// `analyze spikes` flags. Checked before anything is read or written.
+    pub fn validate(&self) -> Result<(), SeriesError> {
+        if self.window == 0 {
+            return Err(SeriesError::InvalidOption { name: "--window" });
+        }
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            return Err(SeriesError::InvalidOption {
+                name: "--threshold",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// How a spike ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -137,12 +153,7 @@ pub fn detect_spikes(
     options: &SpikeOptions,
 ) -> Result<Vec<Spike>, SeriesError> {
     check_series(batches, loss)?;
-    if options.window == 0 {
-        return Err(SeriesError::InvalidOption { name: "window" });
-    }
-    if !(options.threshold.is_finite() && options.threshold > 0.0) {
-        return Err(SeriesError::InvalidOption { name: "threshold" });
-    }
+    options.validate()?;
     let samples: Vec<Sample> = batches
         .iter()
         .zip(loss)

@@ -14,6 +14,7 @@
 mod common;
 
 mod bad_input;
+mod defences;
 mod incremental;
 mod metrics;
 mod schema;

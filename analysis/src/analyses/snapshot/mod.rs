@@ -8,14 +8,14 @@ pub use self::rows::SnapshotAnalysis;
 
 use std::collections::{BTreeSet, HashMap};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use digitlab_snapshots::{read_parquet, write_parquet_atomic, FileEntry};
 use polars::df;
 use polars::prelude::{BooleanChunked, ChunkCompareEq, DataFrame, SortMultipleOptions};
 
 use self::rows::{excluded_loss_rows, key_set_label, loss_rows, naive_lens_rows};
 use crate::activations::{digit_logits, mlp_post_at_prediction};
-use crate::eval_set::EvalSet;
+use crate::eval_set::{check_eval_memory, EvalSet};
 use crate::metrics::digit::digit_metrics;
 use crate::metrics::fourier::{key_frequencies, KeyFrequencies};
 use crate::replay::replay;
@@ -39,6 +39,33 @@ pub struct EvalOptions {
     pub progress: bool,
 }
 
+impl EvalOptions {
+    /// Checks every option against `run` before anything is built or written, and returns the
+    /// digits to analyse: `--contexts` at least 1 and within the machine's memory, `--every` at
+    /// least 1, `--key-threshold` in (0, 1], `--digits` among the trained ones, `--key-snapshot`
+    /// among the snapshots, and at least one snapshot selected.
+    pub fn validate(&self, run: &Run) -> Result<Vec<usize>> {
+        let digits = digits_to_analyse(run, self)?;
+        check_eval_memory(
+            &run.cfg,
+            digits.len(),
+            self.contexts,
+            rayon::current_num_threads(),
+        )?;
+        if !(self.key_threshold > 0.0 && self.key_threshold <= 1.0) {
+            bail!(
+                "--key-threshold must be a fraction above 0 and at most 1, got {}",
+                self.key_threshold
+            );
+        }
+        run.select(&self.selection)?;
+        if let Some(batch) = self.key_snapshot {
+            run.snapshot_at(batch).context("--key-snapshot")?;
+        }
+        Ok(digits)
+    }
+}
+
 /// The digits to analyse, checked against what the run trained.
 pub fn digits_to_analyse(run: &Run, options: &EvalOptions) -> Result<Vec<usize>> {
     let trained = &run.cfg.task.targets;
@@ -60,10 +87,7 @@ pub fn run_snapshot_analyses(
     analyses: &[SnapshotAnalysis],
     options: &EvalOptions,
 ) -> Result<Vec<String>> {
-    if options.contexts == 0 {
-        bail!("--contexts must be at least 1");
-    }
-    let digits = digits_to_analyse(run, options)?;
+    let digits = options.validate(run)?;
     let entries = run.select(&options.selection)?;
     let sets: Vec<EvalSet> = digits
         .iter()
@@ -284,15 +308,8 @@ fn find_key_frequencies(
     let candidates: Vec<&FileEntry> = match options.key_snapshot {
         None if options.skip_damaged => all.iter().rev().collect(),
         None => all.last().into_iter().collect(),
-        Some(b) => all.iter().filter(|e| e.batch == b).collect(),
+        Some(b) => vec![run.snapshot_at(b).context("--key-snapshot")?],
     };
-    if candidates.is_empty() {
-        bail!(
-            "--key-snapshot: run {} has no snapshot at batch {:?}",
-            run.id,
-            options.key_snapshot
-        );
-    }
     let mut damaged = None;
     let mut found = None;
     for entry in candidates {

@@ -132,7 +132,7 @@ fn replay_spike(
             .with_context(|| format!("the training log has no row for batch {t}"))?;
         if row.loss.to_bits() != logged.loss.to_bits() {
             bail!(
-                "the replay from the checkpoint at batch {} does not reproduce the logged loss at batch {t} ({} vs {}); the run was not trained deterministically by this build",
+                "the replay from the checkpoint at batch {} does not reproduce the logged loss at batch {t} ({} vs {}); config.json, the checkpoint and train_log.parquet belong to this run (their config hashes agree), so either this build computes differently from the one that trained the run (analyse it with that build) or the log's values were changed after training",
                 entry.batch,
                 row.loss,
                 logged.loss

@@ -14,6 +14,7 @@ mod rows;
 use anyhow::{Context, Result};
 use digitlab_snapshots::{write_parquet_atomic, TrainLog};
 
+use crate::eval_set::check_eval_memory;
 use crate::metrics::spike_detection::{detect_spikes, Spike, SpikeOptions};
 use crate::run::Run;
 use attribute::attribute;
@@ -38,6 +39,9 @@ struct Found {
 
 /// Runs the whole analysis on `run`.
 pub fn analyze_spikes(run: &Run, options: &SpikeAnalysisOptions) -> Result<Vec<String>> {
+    options.detection.validate()?;
+    // One eval set of the spiking digit, measured on one thread.
+    check_eval_memory(&run.cfg, 1, options.contexts, 1)?;
     let log = run.dir.read_train_log()?.with_context(|| {
         format!(
             "{} has no train_log.parquet: spikes are found in the per-batch training log, which `train` writes at every snapshot",
@@ -70,6 +74,8 @@ pub fn analyze_spikes(run: &Run, options: &SpikeAnalysisOptions) -> Result<Vec<S
         )?;
         report.extend(lines);
     }
+    // Everything is computed and checked; the three tables are written under the lock.
+    let _lock = run.dir.lock_analysis()?;
     write_parquet_atomic(
         &run.dir.analysis_path("spikes"),
         &mut spikes_table(&run.id, &found, &order)?,
