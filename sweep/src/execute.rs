@@ -184,12 +184,13 @@ fn prepare_run_dir(run_dir: &Path, checked: &Checked) -> Result<Result<RunStart,
         .ok()
         .and_then(|text| serde_json::from_slice(&text).ok());
     if let Some(config) = &config {
-        if *config != checked.config {
+        let (theirs, ours) = (without_kernel(config), without_kernel(&checked.config));
+        if theirs != ours {
             return Ok(Err(format!(
                 "{} holds a run with another config than this point's (differs in: {}); move it \
                  away to train this point",
                 run_dir.display(),
-                differing_keys(config, &checked.config)
+                differing_keys(&theirs, &ours)
             )));
         }
         if run_dir.join("manifest.json").is_file() {
@@ -211,6 +212,17 @@ fn prepare_run_dir(run_dir: &Path, checked: &Checked) -> Result<Result<RunStart,
     }
     fs::remove_dir_all(run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     Ok(Ok(RunStart::New))
+}
+
+/// A config without its `kernel`, the record `train` adds of which matrix kernel computed the
+/// run: it depends on the machine (a sweep started here may finish on a cluster), not on the
+/// point, and it is not part of the run's config hash either.
+fn without_kernel(config: &Value) -> Value {
+    let mut config = config.clone();
+    if let Some(map) = config.as_object_mut() {
+        map.remove("kernel");
+    }
+    config
 }
 
 /// The top-level keys whose values differ, for messages.

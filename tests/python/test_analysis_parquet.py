@@ -318,12 +318,14 @@ def test_excluded_loss_rows(run_dir):
                 loss, on=["batch", "digit"])
             np.testing.assert_allclose(excl["key"].to_numpy(), excl["value"].to_numpy(), atol=1e-5)
     if run_dir.name == "units":
-        # A model that computes the sum digit through the key frequencies: keeping only them
-        # (restricted) gives a lower loss than removing them (excluded) at the end.
+        # A trained units digit is a function of a_0 + b_0 mod 10, i.e. of the sum's Fourier
+        # directions: keeping only them (restricted, all frequencies) gives a far lower loss
+        # than removing them (excluded) at the end. (Which frequencies pass the key threshold
+        # depends on the trajectory, so the key set alone is not asserted on.)
         last = wide.filter(pl.col("batch") == wide["batch"].max())
-        restricted = last.filter(pl.col("metric") == "restricted_loss")["key"][0]
-        excluded = last.filter(pl.col("metric") == "excluded_loss")["key"][0]
-        assert restricted < excluded, (restricted, excluded)
+        restricted = last.filter(pl.col("metric") == "restricted_loss")["all"][0]
+        excluded = last.filter(pl.col("metric") == "excluded_loss")["all"][0]
+        assert restricted < 0.1 and excluded > 1.0, (restricted, excluded)
 
 
 def test_phases_and_plateaus(run_dir):

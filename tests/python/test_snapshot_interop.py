@@ -115,7 +115,10 @@ def canonical(value):
 
 def config_hash(run):
     config = json.loads((run / "config.json").read_text(), parse_float=Raw, parse_int=Raw)
-    del config["steps"]  # the hash identifies the trajectory, whatever its length
+    # The hash identifies the trajectory, whatever its length (`steps`) and whichever kernel
+    # is recorded as having computed it (`kernel`).
+    config.pop("steps")
+    config.pop("kernel", None)
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
 
 
