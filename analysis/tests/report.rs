@@ -18,8 +18,12 @@ use digitlab::train::{new_run, train};
 use digitlab_analysis::report::png::{HEIGHT, WIDTH};
 use digitlab_analysis::report::run_page::LOSS_BUCKETS;
 use digitlab_analysis::report::write_report;
+
+#[path = "common/scratch.rs"]
+mod scratch;
 use digitlab_snapshots::{read_parquet, write_parquet_atomic};
 use polars::prelude::{Column, DataFrame, DataType};
+use scratch::copy_dir;
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -357,19 +361,6 @@ fn real_run() -> &'static Path {
         assert!(out.status.success(), "{}", stderr(&out));
         dir
     })
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn texts(df: &DataFrame, name: &str) -> Vec<Option<String>> {
