@@ -127,13 +127,7 @@ fn wait4(pid: u32) -> (i32, i64, f64) {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    digitlab_analysis::metrics::median(&mut v)
 }
 
 fn load_average() -> String {

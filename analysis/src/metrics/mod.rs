@@ -10,3 +10,16 @@ pub mod digit;
 pub mod fourier;
 pub mod phases;
 pub mod spike_detection;
+
+/// The median of `values` (sorted in place), the mean of the two middle values for an even
+/// count; used for figures and benchmark summaries, where the exact middle matters more than
+/// the speed of a selection.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}

@@ -4,6 +4,7 @@
 //! from each run's config, `train_log.parquet` and `analysis/phases.parquet`, and the folder's
 //! `sweep_status.parquet` if there is one.
 
+use crate::metrics::median;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -215,16 +216,6 @@ fn phase_rows(phases: &DataFrame) -> Vec<usize> {
         (0..phases.height()).collect()
     } else {
         eval
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
