@@ -109,6 +109,10 @@ struct SlurmArgs {
 }
 
 fn main() -> ExitCode {
+    // `sweep status | head` closes the pipe early: end quietly, as other Unix tools do, rather
+    // than panic in `println!` (Rust ignores SIGPIPE by default).
+    // SAFETY: sets the signal disposition once, before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let outcome = match cli.command {
         Cmd::Plan(grid) => commands::plan(&grid),

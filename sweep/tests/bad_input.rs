@@ -136,3 +136,23 @@ fn bad_inputs_exit_2_with_a_message_and_touch_nothing() {
         "sbatch missing: the finished sweep folder changed"
     );
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_sweep_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let dir = scratch("pipe");
+    let grid = write_grid(&dir.join("g.toml"), GOOD);
+    let mut child = sweep()
+        .args(["plan", grid.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before `plan` has printed anything (it checks every point first).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "sweep panicked on a closed pipe:\n{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+}
