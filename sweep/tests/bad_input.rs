@@ -153,6 +153,14 @@ fn a_reader_that_closes_the_pipe_early_ends_the_sweep_quietly() {
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
-    assert!(!err.contains("panicked"), "sweep panicked on a closed pipe:\n{err}");
-    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+    assert!(
+        !err.contains("panicked"),
+        "sweep panicked on a closed pipe:\n{err}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
 }

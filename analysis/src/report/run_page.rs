@@ -226,15 +226,7 @@ fn loss_figure(t: &RunTables, digits: &[usize]) -> Figure {
             );
         }
         if let Some(loss) = &t.loss {
-            let (x, y) = long_series(
-                loss,
-                &[
-                    ("digit", d.to_string().as_str()),
-                    ("carry_kind", "all"),
-                    ("metric", "loss"),
-                ],
-            );
-            let (x, y) = positive(x, y);
+            let (x, y) = eval_loss(loss, d);
             if !x.is_empty() {
                 fig.traces.push(
                     Trace::series(
@@ -289,6 +281,21 @@ fn loss_figure(t: &RunTables, digits: &[usize]) -> Figure {
             .into(),
     );
     fig
+}
+
+/// Digit `d`'s loss on the whole eval set per snapshot (`loss.parquet`), positive values only
+/// (the loss axes are logarithmic).
+fn eval_loss(loss: &DataFrame, d: usize) -> (Vec<f64>, Vec<f64>) {
+    let digit = d.to_string();
+    let (x, y) = long_series(
+        loss,
+        &[
+            ("digit", digit.as_str()),
+            ("carry_kind", "all"),
+            ("metric", "loss"),
+        ],
+    );
+    positive(x, y)
 }
 
 /// The plateaus of the per-batch series where a digit has them, else of the eval loss.
@@ -463,15 +470,7 @@ fn naive_lens_figures(lens: &DataFrame, loss: Option<&DataFrame>, digits: &[usiz
         })
         .collect::<Vec<_>>();
         if let Some(loss) = loss {
-            let (x, y) = long_series(
-                loss,
-                &[
-                    ("digit", ds.as_str()),
-                    ("carry_kind", "all"),
-                    ("metric", "loss"),
-                ],
-            );
-            series.push(("loss (eval)".into(), positive(x, y)));
+            series.push(("loss (eval)".into(), eval_loss(loss, d)));
         }
         for (k, (name, (x, y))) in series.into_iter().enumerate() {
             if !x.is_empty() {
@@ -516,15 +515,7 @@ fn excluded_loss_figures(
             Axis::log(LOSS_AXIS),
         );
         if let Some(loss) = loss {
-            let (x, y) = long_series(
-                loss,
-                &[
-                    ("digit", ds.as_str()),
-                    ("carry_kind", "all"),
-                    ("metric", "loss"),
-                ],
-            );
-            let (x, y) = positive(x, y);
+            let (x, y) = eval_loss(loss, d);
             if !x.is_empty() {
                 fig.traces
                     .push(Trace::series("loss (eval)", Style::LinesMarkers, x, y).colored(7));
