@@ -29,7 +29,11 @@ const CONFIGS: [(Layout, usize, usize, u64); 4] = [
 
 /// The name a config is chosen by on the command line.
 fn name(layout: Layout, d_model: usize, n_heads: usize) -> String {
-    let prefix = if layout == Layout::Answer { "answer" } else { "" };
+    let prefix = if layout == Layout::Answer {
+        "answer"
+    } else {
+        ""
+    };
     format!("{prefix}{d_model}x{n_heads}")
 }
 

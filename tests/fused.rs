@@ -127,11 +127,11 @@ fn answer_layout_fused_step_matches_candle_autograd() {
     // (task, d_model, n_heads, d_mlp, d_vocab_out, batch)
     let shapes = [
         (answer(5, (0..=5).collect()), 128, 4, 512, 12, 16), // all digits, default model
-        (answer(5, vec![1, 4]), 32, 4, 64, 12, 8),            // a subset
-        (answer(3, vec![3]), 8, 8, 32, 12, 5),                // d_head 1, only `=` queries
-        (answer(2, vec![0]), 24, 1, 96, 12, 9),               // one head, the last query
-        (answer(4, vec![0, 2, 3]), 15, 3, 37, 13, 7),         // odd sizes
-        (answer(1, vec![0, 1]), 5, 5, 3, 10, 1),              // one example
+        (answer(5, vec![1, 4]), 32, 4, 64, 12, 8),           // a subset
+        (answer(3, vec![3]), 8, 8, 32, 12, 5),               // d_head 1, only `=` queries
+        (answer(2, vec![0]), 24, 1, 96, 12, 9),              // one head, the last query
+        (answer(4, vec![0, 2, 3]), 15, 3, 37, 13, 7),        // odd sizes
+        (answer(1, vec![0, 1]), 5, 5, 3, 10, 1),             // one example
     ];
     for (task, d_model, n_heads, d_mlp, d_out, batch) in shapes {
         compare_on(&shaped(task, d_model, n_heads, d_mlp, d_out, batch));

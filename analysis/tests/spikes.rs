@@ -199,7 +199,10 @@ fn an_injected_spike_is_found_and_attributed_to_its_head() {
     let (exact, others_null) = replay_exact_of_attributed(&spikes);
     assert!(!exact.is_empty() && exact.iter().all(|&e| e), "{exact:?}");
     assert!(others_null);
-    assert!(!report.iter().any(|l| l.contains("bit for bit")), "{report:?}");
+    assert!(
+        !report.iter().any(|l| l.contains("bit for bit")),
+        "{report:?}"
+    );
 }
 
 /// The injected-spike run with `config.json` naming the same step on another instruction set
@@ -256,7 +259,9 @@ fn a_run_of_another_kernel_is_replayed_to_a_tolerance_said_once_and_marked() {
     relog(1.0 + 1e-3);
     let message = error_of(&dir);
     assert!(
-        message.contains("batch 700") && message.contains("relative") && message.contains(&other.to_string()),
+        message.contains("batch 700")
+            && message.contains("relative")
+            && message.contains(&other.to_string()),
         "{message}"
     );
 }

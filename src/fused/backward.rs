@@ -220,7 +220,9 @@ fn pattern_backward(
             let d_weights = &d_table_weights[block..][..r];
             let pattern = &pattern[(row * h + head) * t..][..query + 1];
             let d_pattern = |j: usize, token: u32| d_weights[token as usize] + d_weights[v + j];
-            let dot: f32 = (0..=query).map(|j| pattern[j] * d_pattern(j, tokens[j])).sum();
+            let dot: f32 = (0..=query)
+                .map(|j| pattern[j] * d_pattern(j, tokens[j]))
+                .sum();
             let d_scores = &mut d_table_scores[block..][..r];
             d_scores[..v].fill(0.0);
             d_scores[v + query + 1..].fill(0.0);

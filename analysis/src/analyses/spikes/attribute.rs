@@ -4,8 +4,8 @@
 //! weights; the report lines.
 
 use anyhow::{bail, Context, Result};
-use digitlab::fused::Kernel;
 use digitlab::config::TrainConfig;
+use digitlab::fused::Kernel;
 use digitlab::model::ParamGroup;
 use digitlab::train::TrainState;
 use digitlab_snapshots::{NamedTensor, TrainLog};
