@@ -2,7 +2,10 @@
 # Side-by-side speed against the PyTorch reference: digitlab's
 # train_speed benchmark and the reference's two implementations (naive: the whole sequence;
 # lastpos: only the last position) alternate, three rounds per config, and the ratios of the
-# medians are printed. digitlab counts at its better thread count, PyTorch at 2 threads.
+# medians are printed. digitlab counts at its better thread count, PyTorch at 2 threads. The
+# answer layout (all digits at once, d_model 128) is compared with the naive reference only
+# (the last-position variant reads one position). Prints the load average with the figures:
+# the machine may be shared.
 # Needs a Python with torch: TORCH_PYTHON (default /tmp/torch-venv/bin/python) and the
 # reference script TORCH_REFERENCE (default benches/torch_reference.py).
 set -euo pipefail
@@ -16,24 +19,32 @@ if ! "$python" -c "import torch" 2>/dev/null; then
   exit 2
 fi
 cargo bench --bench train_speed --no-run 2>/dev/null
-bench=$(ls -t target/release/deps/train_speed-* | grep -v '\.d$' | head -1)
+bench=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/train_speed-* | grep -v '\.d$' | head -1)
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 rate() { sed -n 's/.*steps_per_sec=\([0-9.]*\).*/\1/p'; }
 torch_rate() {
-  "$python" "$reference" --d-model "$1" --n-heads "$2" --steps "$3" --threads 2 --impl "$4" | rate
+  "$python" "$reference" --d-model "$1" --n-heads "$2" --steps "$3" --threads 2 --impl "$4" \
+    --layout "$5" --digit "$6" | rate
 }
-for config in "128 4 600" "512 1 100" "16 1 3000"; do
+ratio() { python3 -c "print(round($1/$2, 1))"; }
+for config in "prompt 128 4 600" "prompt 512 1 100" "prompt 16 1 3000" "answer 128 4 200"; do
   set -- $config
-  d_model=$1 heads=$2 steps=$3
+  layout=$1 d_model=$2 heads=$3 steps=$4
+  if [ "$layout" = answer ]; then digit=all name="answer${d_model}x${heads}"; else digit=0 name="${d_model}x${heads}"; fi
   ours=() naive=() lastpos=()
   for _ in $(seq "$rounds"); do
-    naive+=("$(torch_rate "$d_model" "$heads" "$steps" naive)")
-    ours+=("$("$bench" "${d_model}x${heads}" | rate | sort -g | tail -1)")
-    lastpos+=("$(torch_rate "$d_model" "$heads" "$steps" lastpos)")
+    naive+=("$(torch_rate "$d_model" "$heads" "$steps" naive "$layout" "$digit")")
+    ours+=("$("$bench" "$name" | rate | sort -g | tail -1)")
+    if [ "$layout" = prompt ]; then
+      lastpos+=("$(torch_rate "$d_model" "$heads" "$steps" lastpos "$layout" "$digit")")
+    fi
   done
   n=$(printf '%s\n' "${naive[@]}" | median)
-  l=$(printf '%s\n' "${lastpos[@]}" | median)
   o=$(printf '%s\n' "${ours[@]}" | median)
-  echo "d_model=$d_model n_heads=$heads torch_naive=$n torch_lastpos=$l digitlab=$o" \
-    "to_naive=$(python3 -c "print(round($o/$n, 1))")x to_lastpos=$(python3 -c "print(round($o/$l, 1))")x"
+  line="layout=$layout d_model=$d_model n_heads=$heads torch_naive=$n digitlab=$o to_naive=$(ratio "$o" "$n")x"
+  if [ "$layout" = prompt ]; then
+    l=$(printf '%s\n' "${lastpos[@]}" | median)
+    line="$line torch_lastpos=$l to_lastpos=$(ratio "$o" "$l")x"
+  fi
+  echo "$line load_average=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
 done

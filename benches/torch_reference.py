@@ -15,13 +15,15 @@ Run:
 
     /tmp/torch-venv/bin/python benches/torch_reference.py --d-model 128 --n-heads 4 --steps 600
     /tmp/torch-venv/bin/python benches/torch_reference.py --impl lastpos --threads 1
+    /tmp/torch-venv/bin/python benches/torch_reference.py --layout answer --digit all
 
 What it computes (docs/metrics.md, "The task" and "The model"):
 - Task: n-digit addition (`--n-digits`, default 5); every step draws a fresh batch of uniform
   operands a, b (the drawing is part of the timed step, as in `train`). Tokens: digits 0-9,
   `+` = 10, `=` = 11. Prompt layout `a + b =` (most significant digit first), target digit s_k
   (`--digit k`, 0 = units) read at `=`; with `--layout answer` the sum s_n ... s_0 follows,
-  teacher-forced, and s_k is read at the position before it.
+  teacher-forced, and s_k is read at the position before it; `--digit all` (answer layout,
+  naive only) trains every digit at once, the loss the mean over the n + 1 predicting positions.
 - Model: one block of attention + ReLU MLP, no LayerNorm, TransformerLens names and shapes
   (W_Q: [n_heads, d_model, d_head], W_O: [n_heads, d_head, d_model], W_in: [d_model, d_mlp],
   ...), so each trained tensor has the name and shape it has in a digitlab snapshot. The
@@ -137,7 +139,8 @@ class Transformer(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=generator) * std)
 
     def logits_at(self, tokens, position, impl):
-        """Logits at `position` of every example: [batch, d_vocab_out]."""
+        """Logits at `position` (an int, or a list of positions with `naive`) of every example:
+        [batch, d_vocab_out], or [batch, positions, d_vocab_out]."""
         block = self.blocks[0]
         if impl == "lastpos":
             # Later positions cannot influence this one (causal attention): drop them.
@@ -154,7 +157,8 @@ class Transformer(nn.Module):
 
 
 def training_batch(batch_size, n_digits, layout, digit, generator):
-    """Tokens [batch, n_ctx] of uniform n-digit a + b, and the target digit s_digit."""
+    """Tokens [batch, n_ctx] of uniform n-digit a + b, and the target digit s_digit (every
+    digit, [batch, n_digits + 1] s_0 first, for `digit == "all"`)."""
     a_digits = torch.randint(0, 10, (batch_size, n_digits), generator=generator)
     b_digits = torch.randint(0, 10, (batch_size, n_digits), generator=generator)
     place = 10 ** torch.arange(n_digits - 1, -1, -1)  # most significant first
@@ -163,6 +167,8 @@ def training_batch(batch_size, n_digits, layout, digit, generator):
     parts = [a_digits, column(PLUS), b_digits, column(EQUALS)]
     if layout == "answer":
         parts.append((total[:, None] // 10 ** torch.arange(n_digits, -1, -1)) % 10)
+    if digit == "all":
+        return torch.cat(parts, 1), (total[:, None] // 10 ** torch.arange(n_digits + 1)) % 10
     return torch.cat(parts, 1), (total // 10**digit) % 10
 
 
@@ -186,7 +192,8 @@ def parse_args():
     p.add_argument("--d-vocab-out", type=int, default=D_VOCAB)
     p.add_argument("--n-digits", type=int, default=5, help="operand length n, 1 to 9")
     p.add_argument("--layout", choices=["prompt", "answer"], default="prompt")
-    p.add_argument("--digit", type=int, default=0, help="the digit s_k to train (0 = units)")
+    p.add_argument("--digit", default="0",
+                   help="the digit s_k to train (0 = units), or `all` (answer layout, naive)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=600, help="optimizer steps, warm-up included")
     p.add_argument("--warmup-steps", type=int, default=20, help="steps before timing starts")
@@ -198,9 +205,14 @@ def parse_args():
     problems = []
     if not 1 <= args.n_digits <= 9:
         problems.append(f"--n-digits must be 1 to 9, got {args.n_digits}")
-    if not 0 <= args.digit <= args.n_digits:
+    if args.digit == "all":
+        if args.layout != "answer" or args.impl != "naive":
+            problems.append("--digit all needs --layout answer and --impl naive")
+    elif not args.digit.isdigit() or not 0 <= int(args.digit) <= args.n_digits:
         problems.append(f"--digit {args.digit} does not exist: a {args.n_digits}-digit sum has "
-                        f"digits 0 to {args.n_digits}")
+                        f"digits 0 to {args.n_digits}, or `all`")
+    else:
+        args.digit = int(args.digit)
     if args.d_model < 1 or args.n_heads < 1 or args.d_model % args.n_heads:
         problems.append(f"--d-model {args.d_model} must be a positive multiple of --n-heads "
                         f"{args.n_heads}")
@@ -219,7 +231,10 @@ def main():
     torch.set_num_threads(args.threads)
     n = args.n_digits
     n_ctx = 2 * n + 2 if args.layout == "prompt" else 3 * n + 3
-    position = predicting_position(n, args.layout, args.digit)
+    if args.digit == "all":
+        position = [predicting_position(n, args.layout, k) for k in range(n + 1)]
+    else:
+        position = predicting_position(n, args.layout, args.digit)
     init = torch.Generator().manual_seed(args.seed)
     batches = torch.Generator().manual_seed(args.seed + 1)
     model = Transformer(args.d_model, args.n_heads, args.d_mlp or 4 * args.d_model, n_ctx,
@@ -236,7 +251,8 @@ def main():
         if step == args.warmup_steps:
             start = time.perf_counter()
         tokens, target = training_batch(args.batch_size, n, args.layout, args.digit, batches)
-        loss = F.cross_entropy(model.logits_at(tokens, position, args.impl), target)
+        logits = model.logits_at(tokens, position, args.impl)
+        loss = F.cross_entropy(logits.reshape(-1, args.d_vocab_out), target.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

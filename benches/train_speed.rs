@@ -1,32 +1,54 @@
-//! Training speed in steps/s for the configs the speed goals are set for (prompt layout,
-//! 5 digits, batch 128), with one and two threads, the kernel that ran and the peak resident
-//! memory (VmHWM) next to the bytes of the weights, AdamW moments and gradients, and the cost
-//! of writing snapshots every 50 batches. Prints figures; asserts nothing (speed goals are
-//! checked by reading them). Each config and thread count runs in a process of its own, so the
-//! peak memory is that config's.
+//! Training speed in steps/s for the configs the speed goals are set for (5 digits, batch 128;
+//! the prompt layout, and the answer layout with all digits at d_model 128), with one and two
+//! threads, the kernel that ran and the peak resident memory (VmHWM) next to the bytes of the
+//! weights, AdamW moments and one batch's activations and gradients (`budget_mib`; the goal is
+//! a peak under 4x that), and the cost of writing snapshots every 50 batches. Prints figures;
+//! asserts nothing (speed goals are checked by reading them). Each config and thread count runs
+//! in a process of its own, so the peak memory is that config's.
 //!
-//!     cargo bench --bench train_speed            # all configs
-//!     cargo bench --bench train_speed -- 128x4   # one config
+//!     cargo bench --bench train_speed                   # all configs
+//!     cargo bench --bench train_speed -- 128x4          # one config
+//!     cargo bench --bench train_speed -- answer128x4    # the answer layout, all digits
 //!     DIGITLAB_BENCH_KERNEL=candle cargo bench --bench train_speed   # candle's autograd
 
 use std::time::Instant;
 
 use digitlab::config::TrainConfig;
-use digitlab::fused::{Kernel, StepKind};
+use digitlab::fused::{FusedStep, Kernel, StepKind};
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::threads::set_threads;
 use digitlab::train::{new_run, train, TrainState};
 
-const CONFIGS: [(usize, usize, u64); 3] = [(128, 4, 300), (512, 1, 60), (16, 1, 2000)];
+/// (layout, d_model, n_heads, timed steps).
+const CONFIGS: [(Layout, usize, usize, u64); 4] = [
+    (Layout::Prompt, 128, 4, 300),
+    (Layout::Prompt, 512, 1, 60),
+    (Layout::Prompt, 16, 1, 2000),
+    (Layout::Answer, 128, 4, 100),
+];
+
+/// The name a config is chosen by on the command line.
+fn name(layout: Layout, d_model: usize, n_heads: usize) -> String {
+    let prefix = if layout == Layout::Answer {
+        "answer"
+    } else {
+        ""
+    };
+    format!("{prefix}{d_model}x{n_heads}")
+}
 
 /// Set to `candle` to measure candle's autograd instead of the default kernel.
 const KERNEL_ENV: &str = "DIGITLAB_BENCH_KERNEL";
 
-fn config(d_model: usize, n_heads: usize) -> TrainConfig {
+fn config(layout: Layout, d_model: usize, n_heads: usize) -> TrainConfig {
+    let n_digits = 5;
     let task = TaskConfig {
-        n_digits: 5,
-        layout: Layout::Prompt,
-        targets: vec![0],
+        n_digits,
+        layout,
+        targets: match layout {
+            Layout::Prompt => vec![0],
+            Layout::Answer => (0..=n_digits).collect(),
+        },
     };
     let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
     if std::env::var(KERNEL_ENV).is_ok_and(|k| k == "candle") {
@@ -93,7 +115,7 @@ fn main() {
     else {
         let mut jobs: Vec<String> = CONFIGS
             .iter()
-            .map(|(d, h, _)| format!("{d}x{h}"))
+            .map(|&(layout, d, h, _)| name(layout, d, h))
             .chain(["snapshots".to_string()])
             .filter(|name| filter.as_ref().is_none_or(|f| f == name))
             .collect();
@@ -114,24 +136,36 @@ fn main() {
         return;
     };
     set_threads(threads);
-    for (d_model, n_heads, steps) in CONFIGS {
-        let name = format!("{d_model}x{n_heads}");
-        if filter.as_ref().is_some_and(|f| f != &name) {
+    for (layout, d_model, n_heads, steps) in CONFIGS {
+        if filter
+            .as_ref()
+            .is_some_and(|f| f != &name(layout, d_model, n_heads))
+        {
             continue;
         }
-        let cfg = config(d_model, n_heads);
+        let cfg = config(layout, d_model, n_heads);
         let rate = steps_per_sec(&cfg, steps);
-        // Weights, both AdamW moments and the gradients, in MiB.
-        let state = 4.0 * cfg.model.n_trained_params() as f64 * 4.0 / (1 << 20) as f64;
+        let peak = status_mib("VmHWM:").unwrap_or(f64::NAN);
+        // Weights and both AdamW moments, plus one batch's activations and gradients (the
+        // fused step's buffers, which the candle path exceeds), in MiB.
+        let mib = |bytes: f64| bytes / (1 << 20) as f64;
+        let state = mib(3.0 * cfg.model.n_trained_params() as f64 * 4.0);
+        let activations = mib(FusedStep::new(&cfg, cfg.batch_size)
+            .map(|step| step.buffer_bytes() as f64)
+            .unwrap_or(f64::NAN));
+        let budget = state + activations;
         println!(
-            "train_speed d_model={d_model} n_heads={n_heads} threads={threads} \
-             steps_per_sec={rate:.1} kernel={} peak_mib={:.1} state_mib={state:.1}",
+            "train_speed layout={} d_model={d_model} n_heads={n_heads} threads={threads} \
+             steps_per_sec={rate:.1} kernel={} peak_mib={peak:.1} budget_mib={budget:.1} \
+             (weights+moments {state:.1}, activations+gradients {activations:.1}) \
+             peak_to_budget={:.1}x",
+            layout.name(),
             cfg.training_kernel(),
-            status_mib("VmHWM:").unwrap_or(f64::NAN),
+            peak / budget,
         );
     }
     if threads == 1 && filter.as_deref() == Some("snapshots") {
-        let mut cfg = config(128, 4);
+        let mut cfg = config(Layout::Prompt, 128, 4);
         cfg.steps = 1000;
         let (mut with, mut without) = (Vec::new(), Vec::new());
         for _ in 0..3 {

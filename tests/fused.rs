@@ -1,7 +1,8 @@
 //! The fused training step against candle's autograd: the loss, the logits and every gradient
 //! to 1e-5 relative on shapes that stress its indexing (d_head 1, one head, 128 heads, odd
-//! sizes, nonzero untrained biases); a 500-batch run that follows the candle run's loss curve;
-//! the same bytes at one and two threads and across a checkpoint; and the kernel recorded in
+//! sizes, nonzero untrained biases; the prompt layout, and the answer layout with all digits
+//! and with a subset); a 500-batch run that follows the candle run's loss curve; the same bytes
+//! at one and two threads and across a checkpoint in both layouts; and the kernel recorded in
 //! `config.json`.
 
 use std::path::PathBuf;
@@ -20,6 +21,14 @@ fn prompt(n_digits: usize) -> TaskConfig {
         n_digits,
         layout: Layout::Prompt,
         targets: vec![0],
+    }
+}
+
+fn answer(n_digits: usize, targets: Vec<usize>) -> TaskConfig {
+    TaskConfig {
+        n_digits,
+        layout: Layout::Answer,
+        targets,
     }
 }
 
@@ -107,14 +116,44 @@ fn fused_step_matches_candle_autograd_on_many_shapes() {
         (1, 5, 5, 3, 10, 1),      // one example, one digit
     ];
     for (n, d_model, n_heads, d_mlp, d_out, batch) in shapes {
-        let mut cfg = TrainConfig::default_for(prompt(n), d_model, n_heads);
-        cfg.model.d_mlp = d_mlp;
-        cfg.model.d_vocab_out = d_out;
-        cfg.batch_size = batch;
-        cfg.seed = d_model as u64;
-        cfg.validate().unwrap();
-        compare_on(&cfg);
+        compare_on(&shaped(prompt(n), d_model, n_heads, d_mlp, d_out, batch));
     }
+}
+
+/// The answer layout: several query positions, each attending to its own prefix, and the last
+/// position (never a query) only a key.
+#[test]
+fn answer_layout_fused_step_matches_candle_autograd() {
+    // (task, d_model, n_heads, d_mlp, d_vocab_out, batch)
+    let shapes = [
+        (answer(5, (0..=5).collect()), 128, 4, 512, 12, 16), // all digits, default model
+        (answer(5, vec![1, 4]), 32, 4, 64, 12, 8),           // a subset
+        (answer(3, vec![3]), 8, 8, 32, 12, 5),               // d_head 1, only `=` queries
+        (answer(2, vec![0]), 24, 1, 96, 12, 9),              // one head, the last query
+        (answer(4, vec![0, 2, 3]), 15, 3, 37, 13, 7),        // odd sizes
+        (answer(1, vec![0, 1]), 5, 5, 3, 10, 1),             // one example
+    ];
+    for (task, d_model, n_heads, d_mlp, d_out, batch) in shapes {
+        compare_on(&shaped(task, d_model, n_heads, d_mlp, d_out, batch));
+    }
+}
+
+fn shaped(
+    task: TaskConfig,
+    d_model: usize,
+    n_heads: usize,
+    d_mlp: usize,
+    d_out: usize,
+    batch: usize,
+) -> TrainConfig {
+    let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
+    cfg.model.d_mlp = d_mlp;
+    cfg.model.d_vocab_out = d_out;
+    cfg.batch_size = batch;
+    cfg.seed = d_model as u64;
+    cfg.validate().unwrap();
+    assert!(cfg.fused_step_applies());
+    cfg
 }
 
 #[test]
@@ -175,10 +214,14 @@ fn ten_steps(cfg: &TrainConfig, threads: usize) -> (TrainState, Vec<u32>) {
 
 #[test]
 fn fused_training_gives_the_same_bytes_at_any_thread_count_and_across_a_checkpoint() {
-    let cfg = with_kernel(
-        &TrainConfig::default_for(prompt(5), 128, 4),
-        StepKind::Fused,
-    );
+    for task in [prompt(5), answer(5, (0..=5).collect())] {
+        let cfg = with_kernel(&TrainConfig::default_for(task, 128, 4), StepKind::Fused);
+        same_bytes_at_any_thread_count_and_across_a_checkpoint(&cfg);
+    }
+}
+
+fn same_bytes_at_any_thread_count_and_across_a_checkpoint(cfg: &TrainConfig) {
+    let cfg = cfg.clone();
     let (one, one_losses) = ten_steps(&cfg, 1);
     let (two, two_losses) = ten_steps(&cfg, 2);
     assert_eq!(one_losses, two_losses);
@@ -208,18 +251,15 @@ fn scratch(name: &str) -> PathBuf {
 #[test]
 fn the_kernel_is_recorded_and_old_configs_still_load() {
     let prompt_cfg = TrainConfig::default_for(prompt(3), 16, 2);
-    let mut answer_cfg = prompt_cfg.clone();
-    answer_cfg.task = TaskConfig {
-        n_digits: 3,
-        layout: Layout::Answer,
-        targets: vec![0, 1],
-    };
-    answer_cfg.model.n_ctx = answer_cfg.task.n_ctx();
+    let answer_cfg = TrainConfig::default_for(answer(3, vec![0, 1]), 16, 2);
+    let mut deep_cfg = answer_cfg.clone();
+    deep_cfg.model.n_layers = 2;
     for (cfg, step) in [
         (&prompt_cfg, StepKind::Fused),
-        (&answer_cfg, StepKind::Candle),
+        (&answer_cfg, StepKind::Fused),
+        (&deep_cfg, StepKind::Candle),
     ] {
-        let dir = scratch(&format!("{step:?}"));
+        let dir = scratch(&format!("{step:?}-{}", cfg.model.n_layers));
         new_run(cfg, &dir).unwrap();
         let written = RunDir::open(&dir).unwrap().config().clone();
         let expected = Kernel::here(step).to_string();

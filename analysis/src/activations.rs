@@ -1,5 +1,8 @@
 //! What the analyses read from a model on an eval set: the logits of a digit at its predicting
 //! position, and the MLP activations there, computed in chunks to bound memory.
+//!
+//! Attention is causal, so what a position computes depends only on the tokens up to it: both
+//! read the prefix that ends at the predicting position, never the answer tokens after it.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -11,16 +14,17 @@ use crate::eval_set::EvalSet;
 /// Examples per forward pass: the general path holds `[chunk, pos, d_mlp]` activations.
 const CHUNK: usize = 2000;
 
-/// Logits of `set.digit` for every example, `[example][output]` row-major. Uses the
-/// last-position path where training did (the same function, tested to 1e-5).
+/// Logits of `set.digit` for every example, `[example][output]` row-major. A one-layer model
+/// takes the last-position path on the prefix (the same function, tested to 1e-5), in either
+/// layout: the predicting position is the last of its prefix.
 pub fn digit_logits(cfg: &TrainConfig, model: &Transformer, set: &EvalSet) -> Result<Vec<f32>> {
     let position = cfg.task.predicting_position(set.digit);
-    let fast = cfg.uses_last_position_path() && position + 1 == cfg.task.n_ctx();
     chunked(cfg, set, |tokens| {
-        let logits = if fast {
-            model.last_position_logits(tokens)?
+        let prefix = tokens.narrow(1, 0, position + 1)?;
+        let logits = if cfg.model.n_layers == 1 {
+            model.last_position_logits(&prefix)?
         } else {
-            model.logits_at(tokens, &[position], &mut Hooks::none())?
+            model.logits_at(&prefix, &[position], &mut Hooks::none())?
         };
         Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     })
@@ -37,7 +41,7 @@ pub fn mlp_post_at_prediction(
     let hook = HookPoint::MlpPost(cfg.model.n_layers - 1);
     chunked(cfg, set, |tokens| {
         let mut hooks = Hooks::none().cache(hook);
-        model.logits_at(tokens, &[position], &mut hooks)?;
+        model.logits_at(&tokens.narrow(1, 0, position + 1)?, &[position], &mut hooks)?;
         let post = hooks.cached(hook).expect("asked for"); // [batch, pos, d_mlp]
         Ok(post
             .narrow(1, position, 1)?

@@ -1,7 +1,9 @@
 //! `analyze spikes` on real runs: a spike injected by scaling one head's W_Q is found at its
 //! batch and attributed to that head first by both LCA and revert-one; the replay reproduces
 //! the logged losses bit for bit; LCA adds up to the loss change on ordinary steps; a run
-//! without a training log or without a checkpoint before the spike gets a clear error.
+//! whose `config.json` names a kernel this machine does not run is replayed to a tolerance,
+//! said once and marked `replay_exact = false`, and stops when a logged loss is beyond it; a
+//! run without a training log or without a checkpoint before the spike gets a clear error.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use common::{setup, train_run, Scratch};
 use digitlab::config::{Perturbation, TrainConfig};
+use digitlab::fused::{Kernel, Simd};
 use digitlab::model::{Hooks, Transformer};
 use digitlab::task::{Layout, TaskConfig};
 use digitlab::train::TrainState;
@@ -31,6 +34,18 @@ fn config(steps: u64, perturbation: Option<Perturbation>) -> TrainConfig {
     cfg.checkpoint_every = 100;
     cfg.perturbation = perturbation;
     cfg
+}
+
+/// A 900-batch run whose `group` is scaled by `factor` at batch 700.
+fn injected_spike(group: &str, factor: f32) -> TrainConfig {
+    config(
+        900,
+        Some(Perturbation {
+            batch: 700,
+            group: group.into(),
+            factor,
+        }),
+    )
 }
 
 /// Trains `cfg` into a fresh scratch folder; returns the folder and the run directory in it.
@@ -93,6 +108,31 @@ fn int_column(df: &polars::prelude::DataFrame, name: &str) -> Vec<i64> {
         .collect()
 }
 
+/// `replay_exact` of the attributed spikes, and whether it is null on every other one.
+fn replay_exact_of_attributed(df: &polars::prelude::DataFrame) -> (Vec<bool>, bool) {
+    let attributed: Vec<bool> = df
+        .column("attributed")
+        .unwrap()
+        .bool()
+        .unwrap()
+        .iter()
+        .map(|a| a.unwrap())
+        .collect();
+    let exact: Vec<Option<bool>> = df
+        .column("replay_exact")
+        .unwrap()
+        .bool()
+        .unwrap()
+        .iter()
+        .collect();
+    let of_attributed = (0..exact.len())
+        .filter(|&i| attributed[i])
+        .map(|i| exact[i].expect("an attributed spike has replay_exact"))
+        .collect();
+    let others_null = (0..exact.len()).all(|i| attributed[i] || exact[i].is_none());
+    (of_attributed, others_null)
+}
+
 fn float_column(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
     df.column(name)
         .unwrap()
@@ -106,14 +146,7 @@ fn float_column(df: &polars::prelude::DataFrame, name: &str) -> Vec<f64> {
 #[test]
 fn an_injected_spike_is_found_and_attributed_to_its_head() {
     let head = "blocks.0.attn.W_Q[1]";
-    let cfg = config(
-        900,
-        Some(Perturbation {
-            batch: 700,
-            group: head.into(),
-            factor: 10.0,
-        }),
-    );
+    let cfg = injected_spike(head, 10.0);
     let (_scratch, dir) = make_run("injected", &cfg);
     let run = Run::open(&dir).unwrap();
     let report = analyze_spikes(&run, &options()).unwrap();
@@ -161,6 +194,76 @@ fn an_injected_spike_is_found_and_attributed_to_its_head() {
     };
     assert_eq!(best("lca", "rise", true), head);
     assert_eq!(best("revert_one", "peak", false), head);
+    // Replayed on the kernel that trained it: bit-exact, and said so in the table.
+    assert!(run.cfg.replays_exactly_here());
+    let (exact, others_null) = replay_exact_of_attributed(&spikes);
+    assert!(!exact.is_empty() && exact.iter().all(|&e| e), "{exact:?}");
+    assert!(others_null);
+    assert!(
+        !report.iter().any(|l| l.contains("bit for bit")),
+        "{report:?}"
+    );
+}
+
+/// The injected-spike run with `config.json` naming the same step on another instruction set
+/// (the kernel is outside the config hash, so the run still opens): the replay here computes
+/// the same bits, but cannot know it, so it is checked to the tolerance.
+#[test]
+fn a_run_of_another_kernel_is_replayed_to_a_tolerance_said_once_and_marked() {
+    let cfg = injected_spike("blocks.0.attn.W_Q[1]", 10.0);
+    let (_scratch, dir) = make_run("other-kernel", &cfg);
+    let config_path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    let here: Kernel = serde_json::from_value(config["kernel"].clone()).unwrap();
+    assert_eq!(here, cfg.training_kernel());
+    let other = Kernel {
+        simd: if here.simd == Simd::Fma {
+            Simd::Avx512
+        } else {
+            Simd::Fma
+        },
+        ..here
+    };
+    config["kernel"] = serde_json::Value::from(other.to_string());
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+
+    let run = Run::open(&dir).unwrap();
+    assert!(!run.cfg.replays_exactly_here());
+    let report = analyze_spikes(&run, &options()).unwrap();
+    let notes: Vec<&String> = report
+        .iter()
+        .filter(|l| l.contains("bit for bit"))
+        .collect();
+    assert_eq!(notes.len(), 1, "said once: {report:?}");
+    assert!(
+        notes[0].contains(&other.to_string()) && notes[0].contains(&here.to_string()),
+        "{}",
+        notes[0]
+    );
+    let spikes = read_parquet(&run.dir.analysis_path("spikes")).unwrap();
+    let (exact, others_null) = replay_exact_of_attributed(&spikes);
+    assert!(!exact.is_empty() && exact.iter().all(|&e| !e), "{exact:?}");
+    assert!(others_null);
+
+    // A logged loss at a replayed batch moved within the tolerance still passes (a bit-exact
+    // check would stop); moved beyond it, the analysis stops and says why.
+    let relog = |factor: f32| {
+        let locked = RunDir::open_locked(&dir).unwrap();
+        let mut log = locked.read_train_log().unwrap().unwrap();
+        log.rows[700].loss *= factor;
+        locked.write_train_log(&log).unwrap();
+    };
+    relog(1.0 + 2e-5);
+    analyze_spikes(&Run::open(&dir).unwrap(), &options()).unwrap();
+    relog(1.0 + 1e-3);
+    let message = error_of(&dir);
+    assert!(
+        message.contains("batch 700")
+            && message.contains("relative")
+            && message.contains(&other.to_string()),
+        "{message}"
+    );
 }
 
 #[test]
@@ -231,14 +334,7 @@ fn error_of(dir: &Path) -> String {
 
 #[test]
 fn missing_log_or_checkpoint_is_a_clear_error() {
-    let cfg = config(
-        900,
-        Some(Perturbation {
-            batch: 700,
-            group: "unembed.W_U".into(),
-            factor: 4.0,
-        }),
-    );
+    let cfg = injected_spike("unembed.W_U", 4.0);
     let (_scratch, dir) = make_run("bad", &cfg);
     // No checkpoint before the spike: keep only the final one in the manifest.
     let manifest_path = dir.join("manifest.json");

@@ -9,7 +9,7 @@ use super::Weights;
 /// Writes the gradients into `buf.result.grads` (trained-tensor order: W_E, W_pos, W_Q, W_K,
 /// W_V, W_O, W_in, b_in, W_out, b_out, W_U). Overwrites `post` with the MLP's gradient.
 pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
-    let (b, t, v, d) = (s.batch, s.pos, s.d_vocab, s.d_model);
+    let (b, v, d) = (s.rows(), s.d_vocab, s.d_model);
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
     let qkv = s.qkv();
     let Buffers {
@@ -187,12 +187,12 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     // Embeddings: the table rows, plus x = W_E[token at the query] + W_pos[query position].
     g_e.copy_from_slice(&d_table_in[..v * d]);
     g_pos.copy_from_slice(&d_table_in[v * d..]);
-    let g_pos_last = &mut g_pos[(t - 1) * d..][..d];
-    for (example, d_x) in d_x.chunks_exact(d).enumerate() {
-        let token = tokens[example * t + t - 1] as usize;
+    for (row, d_x) in d_x.chunks_exact(d).enumerate() {
+        let (example, pos) = s.query_of(row);
+        let token = tokens[example * s.pos + pos] as usize;
         for ((e, p), g) in g_e[token * d..][..d]
             .iter_mut()
-            .zip(g_pos_last.iter_mut())
+            .zip(g_pos[pos * d..][..d].iter_mut())
             .zip(d_x)
         {
             *e += g;
@@ -202,7 +202,8 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
 }
 
 /// From the gradient of the table weights to the gradient of the table scores: through the
-/// gather of token rows by position, the softmax, and back into token and position rows.
+/// gather of token rows by position, the softmax over the query's prefix, and back into token
+/// and position rows (none into positions after the query).
 fn pattern_backward(
     s: &Shapes,
     tokens: &[u32],
@@ -210,17 +211,21 @@ fn pattern_backward(
     d_table_weights: &[f32],
     d_table_scores: &mut [f32],
 ) {
-    let (b, t, v, h, r) = (s.batch, s.pos, s.d_vocab, s.n_heads, s.table_rows());
-    for example in 0..b {
-        let tokens = &tokens[example * t..][..t];
+    let (b, t, v, h, r) = (s.rows(), s.pos, s.d_vocab, s.n_heads, s.table_rows());
+    for row in 0..b {
+        let (example, query) = s.query_of(row);
+        let tokens = &tokens[example * t..][..query + 1];
         for head in 0..h {
-            let block = (head * b + example) * r;
+            let block = (head * b + row) * r;
             let d_weights = &d_table_weights[block..][..r];
-            let pattern = &pattern[(example * h + head) * t..][..t];
+            let pattern = &pattern[(row * h + head) * t..][..query + 1];
             let d_pattern = |j: usize, token: u32| d_weights[token as usize] + d_weights[v + j];
-            let dot: f32 = (0..t).map(|j| pattern[j] * d_pattern(j, tokens[j])).sum();
+            let dot: f32 = (0..=query)
+                .map(|j| pattern[j] * d_pattern(j, tokens[j]))
+                .sum();
             let d_scores = &mut d_table_scores[block..][..r];
             d_scores[..v].fill(0.0);
+            d_scores[v + query + 1..].fill(0.0);
             for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
                 let g = p * (d_pattern(j, token) - dot);
                 d_scores[token as usize] += g;

@@ -5,11 +5,15 @@ use crate::config::TrainConfig;
 use crate::step::StepResult;
 
 /// Sizes of one step, in the names of docs/metrics.md, 'The model'.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Shapes {
     pub batch: usize,
-    /// Sequence length (`n_ctx`); the query is at position `pos - 1`.
+    /// Sequence length (`n_ctx`).
     pub pos: usize,
+    /// The query positions: the predicting position of every trained digit, in the order of
+    /// the targets (one, the `=` position, in the prompt layout). Each attends causally to its
+    /// own prefix.
+    pub queries: Vec<usize>,
     pub d_vocab: usize,
     pub d_model: usize,
     pub n_heads: usize,
@@ -24,6 +28,12 @@ impl Shapes {
         Shapes {
             batch,
             pos: cfg.task.n_ctx(),
+            queries: cfg
+                .task
+                .targets
+                .iter()
+                .map(|&k| cfg.task.predicting_position(k))
+                .collect(),
             d_vocab: m.d_vocab,
             d_model: m.d_model,
             n_heads: m.n_heads,
@@ -31,6 +41,17 @@ impl Shapes {
             d_mlp: m.d_mlp,
             d_vocab_out: m.d_vocab_out,
         }
+    }
+
+    /// Query rows of a step, `[example, query]`: every per-query activation has this many rows.
+    pub fn rows(&self) -> usize {
+        self.batch * self.queries.len()
+    }
+
+    /// The example and query position of query row `row`.
+    pub fn query_of(&self, row: usize) -> (usize, usize) {
+        let n = self.queries.len();
+        (row / n, self.queries[row % n])
     }
 
     /// Rows of the key and value tables: one per token id, then one per position.
@@ -44,33 +65,34 @@ impl Shapes {
     }
 }
 
-/// Activations of the forward pass and their gradients. Per-head score and weight matrices
-/// are `[head, batch, table row]`, so each head's block is one contiguous matrix.
+/// Activations of the forward pass and their gradients. `row` is a query row (example, query
+/// position; see [`Shapes::rows`]). Per-head score and weight matrices are `[head, row, table
+/// row]`, so each head's block is one contiguous matrix.
 pub struct Buffers {
-    /// The residual stream at the query position before attention, `[batch, d_model]`.
+    /// The residual stream at the query positions before attention, `[row, d_model]`.
     pub x: Vec<f32>,
     /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what keys and values are read from.
     pub table_in: Vec<f32>,
-    /// Scaled queries, `[batch, head * d_head]`.
+    /// Scaled queries, `[row, head * d_head]`.
     pub q: Vec<f32>,
     /// Key and value tables, `[table row, head * d_head]`, biases on the token rows.
     pub key_table: Vec<f32>,
     pub value_table: Vec<f32>,
-    /// Query-key products with every table row, `[head, batch, table row]`.
+    /// Query-key products with every table row, `[head, row, table row]`.
     pub table_scores: Vec<f32>,
-    /// Attention pattern at the query position, `[batch, head, pos]`.
+    /// Attention pattern at the query positions, `[row, head, pos]`, zero past the query.
     pub pattern: Vec<f32>,
     /// Attention mass per table row (token rows summed over the positions holding the token),
-    /// `[head, batch, table row]`.
+    /// `[head, row, table row]`.
     pub table_weights: Vec<f32>,
-    /// Attention result before W_O, `[batch, head * d_head]`.
+    /// Attention result before W_O, `[row, head * d_head]`.
     pub z: Vec<f32>,
     pub resid_mid: Vec<f32>,
-    /// MLP pre-activation, then (backward) its gradient, `[batch, d_mlp]`.
+    /// MLP pre-activation, then (backward) its gradient, `[row, d_mlp]`.
     pub pre: Vec<f32>,
     pub post: Vec<f32>,
     pub resid_post: Vec<f32>,
-    /// Gradient of the loss with respect to the logits, `[batch, d_vocab_out]`.
+    /// Gradient of the loss with respect to the logits, `[row, d_vocab_out]`.
     pub d_logits: Vec<f32>,
     pub d_resid_post: Vec<f32>,
     pub d_resid_mid: Vec<f32>,
@@ -81,18 +103,53 @@ pub struct Buffers {
     pub d_key_table: Vec<f32>,
     pub d_value_table: Vec<f32>,
     pub d_table_in: Vec<f32>,
-    /// Gradient of the residual stream at the query position, `[batch, d_model]`.
+    /// Gradient of the residual stream at the query positions, `[row, d_model]`.
     pub d_x: Vec<f32>,
-    /// Loss, logits `[batch, d_vocab_out]`, targets and gradients, as the training loop reads
+    /// Loss, logits `[row, d_vocab_out]`, targets and gradients, as the training loop reads
     /// them.
     pub result: StepResult,
 }
 
 impl Buffers {
+    /// Bytes of every buffer (activations, their gradients, logits, targets and the weights'
+    /// gradients).
+    pub fn bytes(&self) -> usize {
+        let activations = [
+            &self.x,
+            &self.table_in,
+            &self.q,
+            &self.key_table,
+            &self.value_table,
+            &self.table_scores,
+            &self.pattern,
+            &self.table_weights,
+            &self.z,
+            &self.resid_mid,
+            &self.pre,
+            &self.post,
+            &self.resid_post,
+            &self.d_logits,
+            &self.d_resid_post,
+            &self.d_resid_mid,
+            &self.d_z,
+            &self.d_table_weights,
+            &self.d_table_scores,
+            &self.d_q,
+            &self.d_key_table,
+            &self.d_value_table,
+            &self.d_table_in,
+            &self.d_x,
+            &self.result.logits,
+        ];
+        let floats: usize = activations.iter().map(|v| v.len()).sum::<usize>()
+            + self.result.grads.iter().map(Vec::len).sum::<usize>();
+        4 * (floats + self.result.targets.len())
+    }
+
     /// Zeroed buffers for `s`; `grad_sizes` in the trained-tensor order of the config.
     pub fn new(s: &Shapes, grad_sizes: &[usize]) -> Buffers {
         let z = |n: usize| vec![0f32; n];
-        let (b, d, r, m) = (s.batch, s.d_model, s.table_rows(), s.d_mlp);
+        let (b, d, r, m) = (s.rows(), s.d_model, s.table_rows(), s.d_mlp);
         let per_head = s.n_heads * b * r;
         Buffers {
             x: z(b * d),

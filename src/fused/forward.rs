@@ -1,6 +1,7 @@
-//! The forward pass of the fused step: logits at the query position and the mean
+//! The forward pass of the fused step: logits at the query positions and the mean
 //! cross-entropy, from the token and position tables (the algebra of
-//! `model/last_position.rs`), keeping every activation the backward pass needs.
+//! `model/last_position.rs`, with a causal mask when a query is not the last position),
+//! keeping every activation the backward pass needs.
 
 use super::buffers::{Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
@@ -9,15 +10,16 @@ use super::Weights;
 /// Fills `buf` with the activations of `tokens` (`[batch, pos]`), the logits, the loss and the
 /// gradient of the loss with respect to the logits.
 pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
-    let (b, t, v, d) = (s.batch, s.pos, s.d_vocab, s.d_model);
+    let (b, t, v, d) = (s.rows(), s.pos, s.d_vocab, s.d_model);
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
     let qkv = s.qkv();
 
-    // The residual stream at the query position, and the rows keys and values are made of.
-    let pos_last = &w.w_pos[(t - 1) * d..][..d];
+    // The residual stream at the query positions, and the rows keys and values are made of.
     for (row, x) in buf.x.chunks_exact_mut(d).enumerate() {
-        let token = tokens[row * t + t - 1] as usize;
-        for ((x, e), p) in x.iter_mut().zip(&w.w_e[token * d..][..d]).zip(pos_last) {
+        let (example, pos) = s.query_of(row);
+        let token = tokens[example * t + pos] as usize;
+        let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
+        for ((x, e), p) in x.iter_mut().zip(e).zip(p) {
             *x = e + p;
         }
     }
@@ -105,16 +107,20 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     cross_entropy(s, buf);
 }
 
-/// Softmax over positions of `q . (token key + position key)`, then the attention mass per
-/// table row: a token row collects the mass of every position holding that token.
+/// Softmax over the positions up to the query of `q . (token key + position key)`, then the
+/// attention mass per table row: a token row collects the mass of every position holding that
+/// token; positions after the query get none.
 fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
-    let (b, t, v, h, r) = (s.batch, s.pos, s.d_vocab, s.n_heads, s.table_rows());
-    for example in 0..b {
-        let tokens = &tokens[example * t..][..t];
+    let (b, t, v, h, r) = (s.rows(), s.pos, s.d_vocab, s.n_heads, s.table_rows());
+    for row in 0..b {
+        let (example, query) = s.query_of(row);
+        let tokens = &tokens[example * t..][..query + 1];
         for head in 0..h {
-            let block = (head * b + example) * r;
+            let block = (head * b + row) * r;
             let scores = &buf.table_scores[block..][..r];
-            let pattern = &mut buf.pattern[(example * h + head) * t..][..t];
+            let pattern = &mut buf.pattern[(row * h + head) * t..][..t];
+            pattern[query + 1..].fill(0.0);
+            let pattern = &mut pattern[..query + 1];
             let mut max = f32::NEG_INFINITY;
             for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
                 *p = scores[token as usize] + scores[v + j];
@@ -127,6 +133,7 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
             }
             let weights = &mut buf.table_weights[block..][..r];
             weights[..v].fill(0.0);
+            weights[v + query + 1..].fill(0.0);
             for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
                 *p /= sum;
                 weights[token as usize] += *p;
@@ -136,9 +143,10 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
     }
 }
 
-/// The mean cross-entropy of the logits and its gradient `(softmax - one_hot) / batch`.
+/// The mean cross-entropy of the logits over query rows and its gradient `(softmax -
+/// one_hot) / rows`.
 fn cross_entropy(s: &Shapes, buf: &mut Buffers) {
-    let (o, b) = (s.d_vocab_out, s.batch as f32);
+    let (o, b) = (s.d_vocab_out, s.rows() as f32);
     let result = &mut buf.result;
     let mut total = 0.0f64;
     for ((logits, d_logits), &target) in result

@@ -19,7 +19,7 @@ use crate::config::TrainConfig;
 pub enum StepKind {
     /// candle's autograd over the model (any layout, any depth).
     Candle,
-    /// The hand-written forward and backward of [`crate::fused`] (one layer, prompt layout).
+    /// The hand-written forward and backward of [`crate::fused`] (one layer, either layout).
     Fused,
 }
 
@@ -135,9 +135,9 @@ impl TryFrom<String> for Kernel {
 
 impl TrainConfig {
     /// Whether the fused step can compute this config (the token and position tables are exact
-    /// only for a one-layer model whose loss is read at the last position).
+    /// only for a one-layer model, where attention reads the embeddings).
     pub fn fused_step_applies(&self) -> bool {
-        self.uses_last_position_path()
+        self.model.n_layers == 1
     }
 
     /// Refuses a recorded fused kernel on a config the fused step cannot compute (a
@@ -145,8 +145,7 @@ impl TrainConfig {
     pub fn check_kernel(&self) -> Result<()> {
         match self.kernel {
             Some(k) if k.step == StepKind::Fused && !self.fused_step_applies() => bail!(
-                "config.json names kernel {k}, but the fused step needs a one-layer model in the \
-                 prompt layout: set \"kernel\" to candle-{} or remove it",
+                "config.json names kernel {k}, but the fused step needs a one-layer model: set \"kernel\" to candle-{} or remove it",
                 k.simd.name()
             ),
             _ => Ok(()),

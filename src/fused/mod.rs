@@ -1,12 +1,14 @@
-//! The fused training step: forward and hand-derived backward of a one-layer model in the
-//! prompt layout over preallocated buffers, with matrix products through the `gemm` crate.
+//! The fused training step: forward and hand-derived backward of a one-layer model over
+//! preallocated buffers, with matrix products through the `gemm` crate.
 //!
 //! Same function and gradients as candle's autograd over [`crate::model::Transformer`] (a
-//! test holds them to 1e-5), with the algebra of the last-position path: only the `=`
-//! position feeds the loss, and the residual stream before attention is `W_E[token] +
-//! W_pos[pos]`, so keys and values come from per-token and per-position tables (`d_vocab +
-//! n_ctx` rows a step, not `batch * n_ctx`), and the query, attention output, MLP and
-//! unembedding are computed at that one position. Written by hand rather than through candle
+//! test holds them to 1e-5), with the algebra of the last-position path: in a one-layer model
+//! the residual stream before attention is `W_E[token] + W_pos[pos]`, so keys and values come
+//! from per-token and per-position tables (`d_vocab + n_ctx` rows a step, not `batch *
+//! n_ctx`), and the query, attention output, MLP and unembedding are computed only at the
+//! positions that feed the loss: the `=` position in the prompt layout, the predicting
+//! position of every trained digit in the answer layout, each attending causally to its own
+//! prefix. The prompt layout is the case of one query position. Written by hand rather than through candle
 //! because at these sizes a step is dominated by what a general graph costs around the
 //! arithmetic (building the graph, allocating and zeroing every intermediate, copying
 //! gradients out), not by the arithmetic itself.
@@ -125,7 +127,7 @@ impl FusedStep {
     /// apply to `cfg`.
     pub fn new(cfg: &TrainConfig, batch_size: usize) -> Result<FusedStep> {
         if !cfg.fused_step_applies() {
-            bail!("the fused step needs a one-layer model in the prompt layout");
+            bail!("the fused step needs a one-layer model");
         }
         let specs = cfg.model.param_specs();
         let short = |name: &str| name.strip_prefix("blocks.0.").unwrap_or(name).to_string();
@@ -149,6 +151,12 @@ impl FusedStep {
             buffers: Buffers::new(&shapes, &grad_sizes),
             shapes,
         })
+    }
+
+    /// Bytes of the buffers: one batch's activations, their gradients and the weights'
+    /// gradients.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffers.bytes()
     }
 
     /// Forward and backward on `batch` with the weights `params` (all tensors, state-dict

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use digitlab::config::TrainConfig;
+use digitlab::fused::Kernel;
 use digitlab::model::ParamGroup;
 use digitlab::train::TrainState;
 use digitlab_snapshots::{NamedTensor, TrainLog};
@@ -87,9 +88,15 @@ pub(super) fn attribute(
     Ok(report(id, found, &groups, &allocation, &losses, &reverted))
 }
 
+/// Relative difference from the logged loss a replay may show when this machine's kernel differs
+/// from the run's (docs/metrics.md, 'Spikes'): a different kernel sums in a different order, so
+/// the bits differ, but the trajectory must stay within float rounding of the logged one.
+pub const REPLAY_TOLERANCE: f64 = 1e-4;
+
 /// Replays training from the newest checkpoint at or before the batch before the onset through
-/// the end of the spike, checking every loss bit for bit against the log, and keeps the weights
-/// from there on; adds the optimizer rows of those batches.
+/// the end of the spike, checking every loss against the log (bit for bit when this machine
+/// runs the run's kernel, else to [`REPLAY_TOLERANCE`]), and keeps the weights from there on;
+/// adds the optimizer rows of those batches.
 fn replay_spike(
     run: &Run,
     log: &TrainLog,
@@ -130,7 +137,10 @@ fn replay_spike(
             .iter()
             .find(|r| r.batch == t)
             .with_context(|| format!("the training log has no row for batch {t}"))?;
-        if row.loss.to_bits() != logged.loss.to_bits() {
+        if !cfg.replays_exactly_here() {
+            let kernels = (cfg.recorded_kernel(), cfg.training_kernel());
+            check_within_tolerance(kernels, t, row.loss, logged.loss)?;
+        } else if row.loss.to_bits() != logged.loss.to_bits() {
             bail!(
                 "the replay from the checkpoint at batch {} does not reproduce the logged loss at batch {t} ({} vs {}); config.json, the checkpoint and train_log.parquet belong to this run (their config hashes agree), so either this build computes differently from the one that trained the run (analyse it with that build) or the log's values were changed after training",
                 entry.batch,
@@ -143,6 +153,24 @@ fn replay_spike(
         }
     }
     Ok(path)
+}
+
+/// A replayed loss on another kernel against the logged one, to [`REPLAY_TOLERANCE`] relative.
+/// `kernels` are the run's and this machine's.
+fn check_within_tolerance(
+    (recorded, here): (Kernel, Kernel),
+    batch: u64,
+    replayed: f32,
+    logged: f32,
+) -> Result<()> {
+    let (replayed, logged) = (f64::from(replayed), f64::from(logged));
+    let relative = (replayed - logged).abs() / logged.abs();
+    if relative.is_nan() || relative > REPLAY_TOLERANCE {
+        bail!(
+            "the replay with kernel {here} differs from the logged loss at batch {batch} by {relative:.1e} relative ({replayed} vs {logged}), more than the {REPLAY_TOLERANCE:e} allowed when the run's kernel ({recorded}) is not this machine's: analyse the run on a machine that runs {recorded}"
+        );
+    }
+    Ok(())
 }
 
 /// Loss change allocation of every step from `pre` to the end, summed over the rise and the

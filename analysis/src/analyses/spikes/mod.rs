@@ -1,6 +1,6 @@
 //! `analyze spikes`: find loss spikes in the per-batch training log, replay each from the
 //! newest optimizer checkpoint before it (weights kept in memory, checked bit for bit against
-//! the log), and attribute the rise and fall to parameter groups (docs/metrics.md, 'Spikes').
+//! the log, or to a tolerance when this machine's kernel is not the run's), and attribute the rise and fall to parameter groups (docs/metrics.md, 'Spikes').
 //! Writes `spikes.parquet`, `spike_attribution.parquet` and `spike_steps.parquet`; returns a
 //! short text report.
 //!
@@ -61,6 +61,10 @@ pub fn analyze_spikes(run: &Run, options: &SpikeAnalysisOptions) -> Result<Vec<S
             .total_cmp(&found[a].spike.peak_ratio)
     });
     order.truncate(options.max_attributed);
+    let exact = run.cfg.replays_exactly_here();
+    if !exact && !order.is_empty() {
+        report.push(replay_note(&run.cfg));
+    }
     let (mut attribution, mut steps) = (Vec::new(), Vec::new());
     for &i in &order {
         let lines = attribute(
@@ -78,7 +82,7 @@ pub fn analyze_spikes(run: &Run, options: &SpikeAnalysisOptions) -> Result<Vec<S
     let _lock = run.dir.lock_analysis()?;
     write_parquet_atomic(
         &run.dir.analysis_path("spikes"),
-        &mut spikes_table(&run.id, &found, &order)?,
+        &mut spikes_table(&run.id, &found, &order, exact)?,
     )?;
     write_parquet_atomic(
         &run.dir.analysis_path("spike_attribution"),
@@ -93,6 +97,18 @@ pub fn analyze_spikes(run: &Run, options: &SpikeAnalysisOptions) -> Result<Vec<S
         run.dir.analysis_path("spikes").display()
     ));
     Ok(report)
+}
+
+/// Why a replay here cannot be bit-exact, said once per analysis.
+fn replay_note(cfg: &digitlab::config::TrainConfig) -> String {
+    format!(
+        "the run was trained with kernel {}, this machine runs {}: the replay cannot reproduce the \
+         logged losses bit for bit, so it is checked to {:e} relative instead (replay_exact is \
+         false in spikes.parquet)",
+        cfg.recorded_kernel(),
+        cfg.training_kernel(),
+        attribute::REPLAY_TOLERANCE
+    )
 }
 
 fn detect_all(log: &TrainLog, options: &SpikeOptions) -> Result<Vec<Found>> {

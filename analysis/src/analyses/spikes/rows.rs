@@ -51,8 +51,14 @@ pub fn steps_table(run: &str, rows: &[StepRow]) -> Result<DataFrame> {
     )?)
 }
 
-/// One row per detected spike; `attributed` lists the ones replayed and attributed.
-pub fn spikes_table(run: &str, found: &[Found], attributed: &[usize]) -> Result<DataFrame> {
+/// One row per detected spike; `attributed` lists the ones replayed and attributed, `exact`
+/// whether their replays were bit-exact (`replay_exact`, null for spikes not replayed).
+pub fn spikes_table(
+    run: &str,
+    found: &[Found],
+    attributed: &[usize],
+    exact: bool,
+) -> Result<DataFrame> {
     let int = |f: fn(&Spike) -> u64| found.iter().map(|x| f(&x.spike) as i64).collect::<Vec<_>>();
     let float = |f: fn(&Spike) -> f64| found.iter().map(|x| f(&x.spike)).collect::<Vec<_>>();
     Ok(df!(
@@ -69,5 +75,8 @@ pub fn spikes_table(run: &str, found: &[Found], attributed: &[usize]) -> Result<
         "loss_after" => float(|s| s.loss_after),
         "peak_ratio" => float(|s| s.peak_ratio),
         "attributed" => (0..found.len()).map(|i| attributed.contains(&i)).collect::<Vec<_>>(),
+        "replay_exact" => (0..found.len())
+            .map(|i| attributed.contains(&i).then_some(exact))
+            .collect::<Vec<_>>(),
     )?)
 }
