@@ -18,7 +18,8 @@ if ! "$python" -c "import torch" 2>/dev/null; then
   echo "install it, or set TORCH_PYTHON to a Python that has it" >&2
   exit 2
 fi
-cargo bench --bench train_speed --no-run 2>/dev/null
+# --workspace: the same feature set as `cargo build --release --workspace`, so nothing is rebuilt.
+cargo bench --workspace --bench train_speed --no-run 2>/dev/null
 bench=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/train_speed-* | grep -v '\.d$' | head -1)
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 rate() { sed -n 's/.*steps_per_sec=\([0-9.]*\).*/\1/p'; }

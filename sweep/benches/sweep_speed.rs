@@ -2,7 +2,7 @@
 //! analysis) with -j 1 and -j 2, and the sweep's own cost per point (start, checks,
 //! bookkeeping, summary) against running `train` and `analyze all` by hand.
 //!
-//! `cargo bench -p digitlab-sweep --bench sweep_speed` (builds the release train and analyze
+//! `cargo bench --workspace --bench sweep_speed` (builds the release train and analyze
 //! first). Goals: -j 2 gives at least 1.8x the runs per hour of -j 1 on two cores; the
 //! overhead stays under 5% of a run.
 
