@@ -27,6 +27,7 @@ fn config(d_model: usize, n_heads: usize) -> TrainConfig {
         n_digits: 5,
         layout: Layout::Prompt,
         targets: vec![0],
+        modp: None,
     };
     let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
     if std::env::var(KERNEL_ENV).is_ok_and(|k| k == "candle") {

@@ -20,6 +20,7 @@ fn prompt(n_digits: usize) -> TaskConfig {
         n_digits,
         layout: Layout::Prompt,
         targets: vec![0],
+        modp: None,
     }
 }
 
@@ -213,6 +214,7 @@ fn the_kernel_is_recorded_and_old_configs_still_load() {
         n_digits: 3,
         layout: Layout::Answer,
         targets: vec![0, 1],
+        modp: None,
     };
     answer_cfg.model.n_ctx = answer_cfg.task.n_ctx();
     for (cfg, step) in [
