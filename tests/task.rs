@@ -89,6 +89,7 @@ fn answer(n: usize) -> TaskConfig {
         n_digits: n,
         layout: Layout::Answer,
         targets: (0..=n).collect(),
+        modp: None,
     }
 }
 
