@@ -1,5 +1,5 @@
-//! What the analyses read from a model on an eval set: the logits of a digit at its predicting
-//! position, and the MLP activations there, computed in chunks to bound memory.
+//! What the analyses read from a model on an eval set (or any tokens): the logits at a
+//! predicting position, and the MLP activations there, computed in chunks to bound memory.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -15,8 +15,18 @@ const CHUNK: usize = 2000;
 /// last-position path where training did (the same function, tested to 1e-5).
 pub fn digit_logits(cfg: &TrainConfig, model: &Transformer, set: &EvalSet) -> Result<Vec<f32>> {
     let position = cfg.task.predicting_position(set.digit);
+    logits_at(cfg, model, &set.batch.tokens, position)
+}
+
+/// Logits at `position` of every example of `tokens` (`[example][pos]`), `[example][output]`.
+pub fn logits_at(
+    cfg: &TrainConfig,
+    model: &Transformer,
+    tokens: &[u32],
+    position: usize,
+) -> Result<Vec<f32>> {
     let fast = cfg.uses_last_position_path() && position + 1 == cfg.task.n_ctx();
-    chunked(cfg, set, |tokens| {
+    chunked(cfg, tokens, |tokens| {
         let logits = if fast {
             model.last_position_logits(tokens)?
         } else {
@@ -34,8 +44,19 @@ pub fn mlp_post_at_prediction(
     set: &EvalSet,
 ) -> Result<Vec<f32>> {
     let position = cfg.task.predicting_position(set.digit);
+    mlp_post_at(cfg, model, &set.batch.tokens, position)
+}
+
+/// MLP post-ReLU activations of the last block at `position` of every example of `tokens`,
+/// `[example][neuron]` row-major.
+pub fn mlp_post_at(
+    cfg: &TrainConfig,
+    model: &Transformer,
+    tokens: &[u32],
+    position: usize,
+) -> Result<Vec<f32>> {
     let hook = HookPoint::MlpPost(cfg.model.n_layers - 1);
-    chunked(cfg, set, |tokens| {
+    chunked(cfg, tokens, |tokens| {
         let mut hooks = Hooks::none().cache(hook);
         model.logits_at(tokens, &[position], &mut hooks)?;
         let post = hooks.cached(hook).expect("asked for"); // [batch, pos, d_mlp]
@@ -48,12 +69,12 @@ pub fn mlp_post_at_prediction(
 
 fn chunked(
     cfg: &TrainConfig,
-    set: &EvalSet,
+    tokens: &[u32],
     mut f: impl FnMut(&Tensor) -> Result<Vec<f32>>,
 ) -> Result<Vec<f32>> {
     let n_ctx = cfg.task.n_ctx();
     let mut out = Vec::new();
-    for rows in set.batch.tokens.chunks(CHUNK * n_ctx) {
+    for rows in tokens.chunks(CHUNK * n_ctx) {
         let tokens = Tensor::from_slice(rows, (rows.len() / n_ctx, n_ctx), &Device::Cpu)?;
         out.extend(f(&tokens)?);
     }
