@@ -258,3 +258,64 @@ fn grokking_figure(
     });
     figure
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Selection;
+    use digitlab::config::TrainConfig;
+    use digitlab::task::TaskConfig;
+    use digitlab::train::{new_run, train};
+
+    /// The driver on a real run (p = 11, 120 epochs): every table is written, and the train
+    /// and test loss of snapshot 100, replayed through candle on the whole grid, equal the
+    /// training log's at epoch 100, computed by the fused step and the trainer's evaluation.
+    #[test]
+    fn grokking_losses_match_the_training_log() {
+        let dir = std::env::temp_dir().join(format!("digitlab-grokking-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = TrainConfig::default_for(TaskConfig::modp(11, 0.5, 50), 16, 2);
+        (cfg.steps, cfg.snapshot_every, cfg.checkpoint_every) = (120, 50, 100);
+        let (run_dir, state, log) = new_run(&cfg, &dir).unwrap();
+        train(&cfg, run_dir, state, log, false).unwrap();
+
+        let run = Run::open(&dir).unwrap();
+        let options = EvalOptions {
+            contexts: 1,
+            eval_seed: 0,
+            digits: Vec::new(),
+            selection: Selection {
+                every: 1,
+                from: None,
+                to: None,
+            },
+            skip_damaged: false,
+            key_threshold: 0.85,
+            key_snapshot: None,
+            progress: false,
+        };
+        let (lines, _) = run_grokking(&run, &options).unwrap();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        let table = digitlab_snapshots::read_parquet(&run.dir.analysis_path("grokking")).unwrap();
+        assert_eq!(
+            table.height(),
+            4 * METRICS.len(),
+            "snapshots 0, 50, 100, 120"
+        );
+        let value = |batch: i64, metric: &str| -> f64 {
+            let batches = table.column("batch").unwrap().i64().unwrap();
+            let metrics = table.column("metric").unwrap().str().unwrap();
+            let values = table.column("value").unwrap().f64().unwrap();
+            (0..table.height())
+                .find(|&i| batches.get(i) == Some(batch) && metrics.get(i) == Some(metric))
+                .and_then(|i| values.get(i))
+                .unwrap()
+        };
+        let row = &run.dir.read_train_log().unwrap().unwrap().rows[100];
+        let (train_loss, test_loss) = (f64::from(row.loss), f64::from(row.test_loss.unwrap()));
+        assert!((value(100, "train_loss") - train_loss).abs() < 1e-4 * train_loss.max(1.0));
+        assert!((value(100, "test_loss") - test_loss).abs() < 1e-4 * test_loss.max(1.0));
+        assert!(run.dir.root().join("figures/grokking.png").is_file());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
