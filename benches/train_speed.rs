@@ -49,6 +49,7 @@ fn config(layout: Layout, d_model: usize, n_heads: usize) -> TrainConfig {
             Layout::Prompt => vec![0],
             Layout::Answer => (0..=n_digits).collect(),
         },
+        modp: None,
     };
     let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
     if std::env::var(KERNEL_ENV).is_ok_and(|k| k == "candle") {

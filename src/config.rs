@@ -83,8 +83,16 @@ impl TrainConfig {
     /// The defaults of docs/metrics.md, 'The model', and of `train`: 5-digit prompt layout, units
     /// digit, d_model 128, 4 heads, AdamW lr 1e-3, betas (0.9, 0.98), weight decay 1.0,
     /// batch 128, 3000 steps, seed 0.
+    ///
+    /// Modular addition instead trains full-batch (the batch is the training set) on
+    /// `d_vocab_out` p outputs, as Nanda et al. do.
     pub fn default_for(task: TaskConfig, d_model: usize, n_heads: usize) -> TrainConfig {
         let n_ctx = task.n_ctx();
+        let d_vocab = task.d_vocab();
+        let (d_vocab_out, batch_size) = match &task.modp {
+            Some(modp) => (modp.p, modp.n_train()),
+            None => (crate::task::D_VOCAB, 128),
+        };
         TrainConfig {
             digitlab_version: env!("CARGO_PKG_VERSION").to_string(),
             task,
@@ -93,8 +101,8 @@ impl TrainConfig {
                 d_model,
                 n_heads,
                 d_mlp: d_model.saturating_mul(4),
-                d_vocab: crate::task::D_VOCAB,
-                d_vocab_out: crate::task::D_VOCAB,
+                d_vocab,
+                d_vocab_out,
                 n_ctx,
             },
             optimizer: OptimizerConfig {
@@ -106,7 +114,7 @@ impl TrainConfig {
                 warmup_steps: 0,
                 grad_clip: None,
             },
-            batch_size: 128,
+            batch_size,
             steps: 3000,
             seed: 0,
             snapshot_every: 50,
@@ -127,12 +135,35 @@ impl TrainConfig {
                 self.task.n_ctx()
             );
         }
-        if self.model.d_vocab != crate::task::D_VOCAB {
+        if self.model.d_vocab != self.task.d_vocab() {
             bail!(
                 "model d_vocab {} does not match the task's {} tokens",
                 self.model.d_vocab,
-                crate::task::D_VOCAB
+                self.task.d_vocab()
             );
+        }
+        match &self.task.modp {
+            Some(modp) => {
+                if self.model.d_vocab_out != modp.p {
+                    bail!(
+                        "model d_vocab_out {} does not match the {} answers of modular addition",
+                        self.model.d_vocab_out,
+                        modp.p
+                    );
+                }
+                if self.batch_size != modp.n_train() {
+                    bail!(
+                        "modular addition trains full-batch: batch_size must be the {} training \
+                         pairs, got {}",
+                        modp.n_train(),
+                        self.batch_size
+                    );
+                }
+            }
+            None if self.model.d_vocab_out < 10 => {
+                bail!("--d-vocab-out must be at least 10 (the ten digits)")
+            }
+            None => {}
         }
         let o = &self.optimizer;
         if !(o.lr.is_finite() && o.lr > 0.0) {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod fused;
 pub mod log_softmax;
 pub mod model;
+pub mod modp;
 pub mod optim;
 pub mod output_stats;
 pub mod resources;

@@ -9,6 +9,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::modp::ModpTask;
+
 /// Token id of `+`.
 pub const PLUS: u32 = 10;
 /// Token id of `=`.
@@ -39,17 +41,50 @@ impl Layout {
 }
 
 /// What the model is asked to do: `n_digits`-digit addition, read in `layout`, trained on
-/// the answer digits `targets` (indices `k` of `s_k`, sorted, unique).
+/// the answer digits `targets` (indices `k` of `s_k`, sorted, unique); or, with `modp`,
+/// modular addition, whose one answer is read at `=` (then `n_digits` 1, the prompt layout
+/// and target 0).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskConfig {
     pub n_digits: usize,
     pub layout: Layout,
     pub targets: Vec<usize>,
+    /// Modular addition instead of digit addition. Absent from an addition config, which
+    /// therefore serialises (and hashes) exactly as before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modp: Option<ModpTask>,
 }
 
 impl TaskConfig {
+    /// Modular addition with modulus `p`: the fields of addition at the values that make its
+    /// one answer the target 0 read at `=`, the prompt layout's last position.
+    pub fn modp(p: usize, train_fraction: f64, eval_every: u64) -> TaskConfig {
+        TaskConfig {
+            n_digits: 1,
+            layout: Layout::Prompt,
+            targets: vec![0],
+            modp: Some(ModpTask {
+                p,
+                train_fraction,
+                eval_every,
+            }),
+        }
+    }
+
+    /// Input vocabulary: [`D_VOCAB`] for addition, `p + 1` for modular addition.
+    pub fn d_vocab(&self) -> usize {
+        self.modp.as_ref().map_or(D_VOCAB, ModpTask::d_vocab)
+    }
+
     /// Checks the combination a user asked for; the message says what to change.
     pub fn validate(&self) -> Result<()> {
+        if let Some(modp) = &self.modp {
+            modp.validate()?;
+            if self.n_digits != 1 || self.layout != Layout::Prompt || self.targets != [0] {
+                bail!("modular addition has one answer read at `=`: n_digits 1, the prompt layout, target 0");
+            }
+            return Ok(());
+        }
         let n = self.n_digits;
         if !(1..=MAX_DIGITS).contains(&n) {
             bail!("--n-digits must be between 1 and {MAX_DIGITS}, got {n}");
@@ -75,8 +110,12 @@ impl TaskConfig {
         Ok(())
     }
 
-    /// Sequence length: `2n+2` for the prompt layout, `3n+3` with the answer appended.
+    /// Sequence length: `2n+2` for the prompt layout, `3n+3` with the answer appended, 3 for
+    /// modular addition (`x y =`).
     pub fn n_ctx(&self) -> usize {
+        if self.modp.is_some() {
+            return crate::modp::N_CTX;
+        }
         match self.layout {
             Layout::Prompt => 2 * self.n_digits + 2,
             Layout::Answer => 3 * self.n_digits + 3,
@@ -85,6 +124,9 @@ impl TaskConfig {
 
     /// The position whose logits predict answer digit `s_k`.
     pub fn predicting_position(&self, k: usize) -> usize {
+        if self.modp.is_some() {
+            return crate::modp::N_CTX - 1;
+        }
         let equals = 2 * self.n_digits + 1;
         match self.layout {
             Layout::Prompt => equals,
@@ -217,37 +259,57 @@ impl Pair {
     }
 }
 
-/// A batch of examples with their tokens, `batch_size × n_ctx` row-major.
+/// A batch of examples with their tokens, `examples × n_ctx` row-major, and targets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
+    /// The addition operands; empty for modular addition, whose batches are tokens and
+    /// targets only.
     pub pairs: Vec<Pair>,
     pub tokens: Vec<u32>,
+    /// The target of each example and trained digit, example-major (`[example][target
+    /// index]`), the order of the logits at the predicting positions.
+    pub targets: Vec<u32>,
+    pub examples: usize,
 }
 
 impl Batch {
-    /// Tokens and pairs for the given pairs.
+    /// Tokens, pairs and target digits `s_k` for the given pairs.
     pub fn from_pairs(task: &TaskConfig, pairs: Vec<Pair>) -> Batch {
         let tokens = pairs.iter().flat_map(|p| task.tokens(p)).collect();
-        Batch { pairs, tokens }
-    }
-
-    /// Target digits `s_k` for each example and each trained digit, example-major
-    /// (`[example][target index]`), the order of the logits at the predicting positions.
-    pub fn targets(&self, task: &TaskConfig) -> Vec<u32> {
-        self.pairs
+        let targets = pairs
             .iter()
             .flat_map(|p| {
                 let sum = p.sum_digits();
                 task.targets.iter().map(move |&k| sum[k] as u32)
             })
-            .collect()
+            .collect();
+        Batch {
+            examples: pairs.len(),
+            pairs,
+            tokens,
+            targets,
+        }
+    }
+
+    /// A batch of one target per example given by its tokens (modular addition).
+    pub fn of_tokens(tokens: Vec<u32>, targets: Vec<u32>) -> Batch {
+        Batch {
+            pairs: Vec::new(),
+            tokens,
+            examples: targets.len(),
+            targets,
+        }
     }
 }
 
-/// Training batch `index` of the run seeded by `seed`: uniform operands in `[0, 10^n)`.
+/// Training batch `index` of the run seeded by `seed`: for addition, uniform operands in
+/// `[0, 10^n)`; for modular addition, the whole training set (full batch).
 ///
 /// A pure function of `(seed, index)`, so resume and replay regenerate any batch directly.
 pub fn training_batch(task: &TaskConfig, seed: u64, index: u64, batch_size: usize) -> Batch {
+    if let Some(modp) = &task.modp {
+        return modp.batch(&modp.split(seed).train);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // Stream 0 is reserved for weight init; batch i uses stream i + 1.
     rng.set_stream(index + 1);
@@ -271,6 +333,7 @@ mod tests {
             n_digits: 3,
             layout: Layout::Prompt,
             targets: vec![0],
+            modp: None,
         };
         let pair = Pair::from_numbers(3, 123, 45);
         assert_eq!(task.tokens(&pair), vec![1, 2, 3, PLUS, 0, 4, 5, EQUALS]);

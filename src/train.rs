@@ -15,7 +15,7 @@ use crate::fused::{CachedStep, StepKind};
 use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::{digit_losses, output_stats};
 use crate::resources::MemoryNeed;
-use crate::step::{loss_and_grads, StepResult};
+use crate::step::{eval_loss, loss_and_grads, StepResult};
 use crate::task::training_batch;
 use crate::writer::{RunWriter, WriteJob};
 
@@ -109,7 +109,7 @@ impl TrainState {
         if cfg.training_kernel().step == StepKind::Fused {
             // The fused step's buffers are read in place: no gradient is copied or allocated.
             let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
-            let mut fused = CachedStep::take(cfg, batch.pairs.len())?;
+            let mut fused = CachedStep::take(cfg, batch.examples)?;
             let result = fused.run(cfg, &self.params, &batch);
             return self.apply_step(cfg, result);
         }
@@ -128,6 +128,14 @@ impl TrainState {
     /// update with its gradients (none if the loss is not finite).
     fn apply_step(&mut self, cfg: &TrainConfig, result: &StepResult) -> Result<LogRow> {
         let n_out = cfg.model.d_vocab_out;
+        // Modular addition's test loss, with the weights the training loss saw.
+        let test_loss = match &cfg.task.modp {
+            Some(modp) if self.batch.is_multiple_of(modp.eval_every) => {
+                let test = modp.batch(&modp.split(cfg.seed).test);
+                Some(eval_loss(cfg, &self.params, &test)?)
+            }
+            _ => None,
+        };
         let stats = output_stats(&result.logits, n_out, &result.targets);
         let grad_norm = result
             .grads
@@ -151,6 +159,7 @@ impl TrainState {
             logsumexp_mean: stats.logsumexp_mean,
             logsumexp_max: stats.logsumexp_max,
             saturated_fraction: stats.saturated_fraction,
+            test_loss,
         };
         if !result.loss.is_finite() {
             // No update; the row still needs one entry per trained tensor to be written.
@@ -222,6 +231,7 @@ fn empty_log(cfg: &TrainConfig) -> TrainLog {
             .map(|s| s.name)
             .collect(),
         rows: Vec::new(),
+        test_loss: cfg.task.modp.is_some(),
     }
 }
 

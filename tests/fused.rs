@@ -21,6 +21,7 @@ fn prompt(n_digits: usize) -> TaskConfig {
         n_digits,
         layout: Layout::Prompt,
         targets: vec![0],
+        modp: None,
     }
 }
 
@@ -29,6 +30,7 @@ fn answer(n_digits: usize, targets: Vec<usize>) -> TaskConfig {
         n_digits,
         layout: Layout::Answer,
         targets,
+        modp: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn task(n: usize, layout: Layout) -> TaskConfig {
         n_digits: n,
         layout,
         targets,
+        modp: None,
     }
 }
 

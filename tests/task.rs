@@ -80,6 +80,7 @@ fn prompt(n: usize) -> TaskConfig {
         n_digits: n,
         layout: Layout::Prompt,
         targets: vec![0],
+        modp: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn answer(n: usize) -> TaskConfig {
         n_digits: n,
         layout: Layout::Answer,
         targets: (0..=n).collect(),
+        modp: None,
     }
 }
 
@@ -331,12 +333,14 @@ fn batch_tokens_and_targets() {
             n_digits: 4,
             layout: Layout::Answer,
             targets: vec![1, 4],
+            modp: None,
         },
     ] {
         let batch = training_batch(&task, 11, 5, 50);
         assert_eq!(batch.pairs.len(), 50);
         assert_eq!(batch.tokens.len(), 50 * task.n_ctx());
-        let targets = batch.targets(&task);
+        let targets = &batch.targets;
+        assert_eq!(batch.examples, 50);
         assert_eq!(targets.len(), 50 * task.targets.len());
         for (i, pair) in batch.pairs.iter().enumerate() {
             let (a, b) = (number_of(&pair.a), number_of(&pair.b));

@@ -28,6 +28,7 @@ fn units_digit() -> TaskConfig {
         n_digits: 5,
         layout: Layout::Prompt,
         targets: vec![0],
+        modp: None,
     }
 }
 
@@ -162,6 +163,7 @@ fn checkpoint_round_trip_continues_bit_for_bit() {
         n_digits: 3,
         layout: Layout::Answer,
         targets: vec![0, 2, 3],
+        modp: None,
     };
     let mut cfg = config(answer, 8, 2, 16);
     cfg.model.n_layers = 2;
@@ -194,6 +196,7 @@ fn every_n_and_both_layouts_train() {
                 n_digits: n,
                 layout,
                 targets,
+                modp: None,
             };
             let mut cfg = config(task.clone(), 8, 2, 16);
             cfg.model.n_layers = n_layers;
@@ -241,6 +244,7 @@ fn log_row_agrees_with_an_independent_computation() {
         n_digits: 4,
         layout: Layout::Answer,
         targets: vec![0, 2, 4],
+        modp: None,
     };
     let mut cfg = config(task.clone(), 16, 4, 64);
     cfg.optimizer.warmup_steps = 5;

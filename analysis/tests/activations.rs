@@ -32,11 +32,13 @@ fn digit_logits_and_mlp_activations_match_the_whole_sequence_forward_pass() {
             n_digits: 3,
             layout: Layout::Answer,
             targets: vec![0, 1, 2, 3],
+            modp: None,
         },
         TaskConfig {
             n_digits: 2,
             layout: Layout::Prompt,
             targets: vec![1],
+            modp: None,
         },
     ];
     for task in tasks {

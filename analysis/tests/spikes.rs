@@ -28,6 +28,7 @@ fn config(steps: u64, perturbation: Option<Perturbation>) -> TrainConfig {
         n_digits: 5,
         layout: Layout::Prompt,
         targets: vec![0],
+        modp: None,
     };
     let mut cfg = TrainConfig::default_for(task, 128, 4);
     cfg.steps = steps;

@@ -88,11 +88,13 @@ pub(crate) fn sample_log() -> TrainLog {
             logsumexp_mean: 3.0 + x,
             logsumexp_max: 4.0 + x,
             saturated_fraction: x / 10.0,
+            test_loss: None,
         }
     };
     TrainLog {
         digits: vec![0, 5],
         tensor_names: vec!["embed.W_E".into(), "blocks.0.mlp.W_in".into()],
         rows: vec![row(0), row(1), row(2)],
+        test_loss: false,
     }
 }

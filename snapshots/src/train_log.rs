@@ -13,6 +13,8 @@ const BATCH: &str = "batch";
 const LOSS: &str = "loss";
 /// Prefix of the per-digit loss columns; the digit index follows.
 const DIGIT_LOSS: &str = "loss_digit_";
+/// Name of the test loss column (modular addition only; null between evaluations).
+const TEST_LOSS: &str = "test_loss";
 /// A column name (or name prefix) and how to get its value.
 type Field<T> = (&'static str, fn(&T) -> f32);
 /// The scalar columns that follow the per-digit losses, in order.
@@ -64,6 +66,9 @@ pub struct LogRow {
     pub logsumexp_max: f32,
     /// Fraction of predictions whose f32 softmax gives the target probability exactly 1.
     pub saturated_fraction: f32,
+    /// Mean loss on the held-out test set, with the same weights as `loss`: only in logs
+    /// with [`TrainLog::test_loss`], and only at the batches the test set is evaluated.
+    pub test_loss: Option<f32>,
 }
 
 /// The whole training log of a run.
@@ -75,11 +80,14 @@ pub struct TrainLog {
     pub tensor_names: Vec<String>,
     /// One row per batch.
     pub rows: Vec<LogRow>,
+    /// Whether the log has a `test_loss` column (tasks with a held-out test set). Addition
+    /// logs have none, so their bytes are those of logs written before the column existed.
+    pub test_loss: bool,
 }
 
 impl TrainLog {
     /// The log as a data frame. Columns, in this order: `batch` (Int64), `loss`,
-    /// `loss_digit_{k}` for k in `digits`, `grad_norm`, `lr`, `logsumexp_mean`,
+    /// `loss_digit_{k}` for k in `digits`, `test_loss` (nullable, if [`TrainLog::test_loss`]), `grad_norm`, `lr`, `logsumexp_mean`,
     /// `logsumexp_max`, `saturated_fraction`, then for each tensor name t:
     /// `grad_norm/{t}`, `weight_norm/{t}`, `update_norm/{t}` (all Float32). `weight_norm/{t}`
     /// is the norm of the weights after this row's update (see [`TensorStats`]).
@@ -104,6 +112,10 @@ impl TrainLog {
             columns.push(f32_column(format!("{DIGIT_LOSS}{k}"), &|r: &LogRow| {
                 r.digit_loss[i]
             }));
+        }
+        if self.test_loss {
+            let values: Vec<Option<f32>> = rows.iter().map(|r| r.test_loss).collect();
+            columns.push(Column::new(TEST_LOSS.into(), values));
         }
         for (name, get) in SCALARS {
             columns.push(f32_column(name.into(), &get));
@@ -149,6 +161,15 @@ impl TrainLog {
             .collect::<Option<Vec<u64>>>()
             .ok_or_else(|| undecodable(format!("column `{BATCH}` holds a null or negative")))?;
         let loss = f32_values(df, LOSS)?;
+        let test_loss = match df.column(TEST_LOSS) {
+            Ok(c) => Some(
+                c.f32()
+                    .map_err(|e| undecodable(format!("column `{TEST_LOSS}`: {e}")))?
+                    .iter()
+                    .collect::<Vec<Option<f32>>>(),
+            ),
+            Err(_) => None,
+        };
         let digit_loss = digits
             .iter()
             .map(|k| f32_values(df, &format!("{DIGIT_LOSS}{k}")))
@@ -187,12 +208,14 @@ impl TrainLog {
                 logsumexp_mean: lse_mean[i],
                 logsumexp_max: lse_max[i],
                 saturated_fraction: saturated[i],
+                test_loss: test_loss.as_ref().and_then(|t| t[i]),
             })
             .collect();
         Ok(TrainLog {
             digits,
             tensor_names,
             rows,
+            test_loss: test_loss.is_some(),
         })
     }
 
@@ -211,6 +234,12 @@ impl TrainLog {
             return Err(invalid("a digit or a tensor name occurs twice".into()));
         }
         for r in &self.rows {
+            if r.test_loss.is_some() && !self.test_loss {
+                return Err(invalid(format!(
+                    "the row of batch {} has a test loss, but the log has no test_loss column",
+                    r.batch
+                )));
+            }
             if r.digit_loss.len() != self.digits.len() || r.tensors.len() != self.tensor_names.len()
             {
                 return Err(invalid(format!(
@@ -308,6 +337,25 @@ mod tests {
             TrainLog::from_dataframe(&empty.to_dataframe().unwrap()).unwrap(),
             empty
         );
+    }
+
+    #[test]
+    fn test_loss_column_is_nullable_placed_after_the_digit_losses_and_round_trips() {
+        let mut log = sample_log();
+        log.test_loss = true;
+        log.rows[0].test_loss = Some(4.7);
+        log.rows[2].test_loss = Some(0.25);
+        let df = log.to_dataframe().unwrap();
+        let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
+        assert_eq!(names[2..5], ["loss_digit_0", "loss_digit_5", "test_loss"]);
+        assert_eq!(df.column("test_loss").unwrap().null_count(), 1);
+        assert_eq!(TrainLog::from_dataframe(&df).unwrap(), log);
+        // A test loss in a log without the column is refused, not dropped.
+        log.test_loss = false;
+        assert!(matches!(
+            log.to_dataframe(),
+            Err(RunError::InvalidInput { .. })
+        ));
     }
 
     #[test]

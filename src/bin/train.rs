@@ -14,12 +14,13 @@ use digitlab::threads::default_threads;
 use digitlab::train::{check_config, new_run, resume_run, train, TrainState};
 use digitlab_snapshots::{RunDir, RunError, TrainLog};
 
-/// Train a 1-layer transformer on n-digit addition, writing weight snapshots (zstd-compressed
-/// safetensors with TransformerLens names), optimizer checkpoints and a per-batch log.
+/// Train a 1-layer transformer on n-digit addition (or, with --task modp, on modular addition
+/// as in Nanda et al. 2023), writing weight snapshots (zstd-compressed safetensors with
+/// TransformerLens names), optimizer checkpoints and a per-batch log.
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  train runs/x\n  train --d-model 8 --n-heads 1 --digit 1 --weight-decay 0.25 --steps 5000 runs/y\n  train --layout answer --digits all --steps 3000 runs/z\n  train --resume runs/x --steps 10000"
+    after_help = "Examples:\n  train runs/x\n  train --d-model 8 --n-heads 1 --digit 1 --weight-decay 0.25 --steps 5000 runs/y\n  train --layout answer --digits all --steps 3000 runs/z\n  train --resume runs/x --steps 10000\n  train --task modp --p 113 --train-fraction 0.3 --steps 25000 --snapshot-every 250 runs/m"
 )]
 struct Args {
     /// The run directory to create (must not exist, or be empty).
@@ -29,6 +30,21 @@ struct Args {
     /// never interrupted). Only --steps may change.
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+
+    /// addition: n-digit addition, one batch of random operands per step; modp: `x y =` ->
+    /// (x + y) mod p, full-batch on a seeded training set of the p² pairs.
+    #[arg(long, value_enum, default_value_t = Task::Addition)]
+    task: Task,
+    /// modp: the modulus (3 to 1000).
+    #[arg(long, default_value_t = 113)]
+    p: usize,
+    /// modp: the fraction of the p² pairs in the training set, in (0, 1); the rest is the test
+    /// set. The split is a function of --seed.
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true)]
+    train_fraction: f64,
+    /// modp: log the test loss every N epochs (steps).
+    #[arg(long, default_value_t = 100)]
+    eval_every: u64,
 
     /// Operand length n (1 to 9): a and b are uniform in [0, 10^n).
     #[arg(long, default_value_t = 5)]
@@ -53,7 +69,7 @@ struct Args {
     d_mlp: Option<usize>,
     #[arg(long, default_value_t = 1)]
     n_layers: usize,
-    /// Output vocabulary (12 as in TransformerLens: the digits, `+` and `=`).
+    /// Output vocabulary (12 as in TransformerLens: the digits, `+` and `=`; p for modp).
     #[arg(long, default_value_t = 12)]
     d_vocab_out: usize,
 
@@ -75,6 +91,7 @@ struct Args {
     #[arg(long)]
     grad_clip: Option<f64>,
 
+    /// Examples per batch (addition; modp trains on its whole training set).
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
     /// Optimizer steps (batches) in total.
@@ -126,7 +143,7 @@ fn main() -> ExitCode {
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     digitlab::allocator::keep_freed_buffers();
-    if let Err(e) = check_resume_options(&matches) {
+    if let Err(e) = check_resume_options(&matches).and_then(|()| check_task_options(&matches)) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -171,17 +188,27 @@ fn run(args: Args) -> std::result::Result<(), Failure> {
     if let Some(note) = note {
         eprintln!("note: {note}");
     }
+    let task = match &cfg.task.modp {
+        Some(m) => format!(
+            "addition mod {} ({} training pairs, full batch)",
+            m.p,
+            m.n_train()
+        ),
+        None => format!(
+            "{}-digit addition, digit(s) {:?}, {} layout",
+            cfg.task.n_digits,
+            cfg.task.targets,
+            cfg.task.layout.name()
+        ),
+    };
     eprintln!(
-        "training {} trained parameters ({} layer, d_model {}, {} heads, d_mlp {}) on {}-digit \
-         addition, digit(s) {:?}, {} layout; batches {}..{} into {}",
+        "training {} trained parameters ({} layer, d_model {}, {} heads, d_mlp {}) on {task}; \
+         batches {}..{} into {}",
         cfg.model.n_trained_params(),
         cfg.model.n_layers,
         cfg.model.d_model,
         cfg.model.n_heads,
         cfg.model.d_mlp,
-        cfg.task.n_digits,
-        cfg.task.targets,
-        cfg.task.layout.name(),
         state.batch,
         cfg.steps,
         run.root().display()
@@ -202,25 +229,33 @@ fn prepare_new(args: &Args) -> Result<Prepared> {
 /// The config of a new run from the options (not validated yet).
 fn config_from_args(args: &Args) -> Result<TrainConfig> {
     let n = args.n_digits;
-    let targets = match (&args.digit, &args.digits) {
-        (Some(k), _) => vec![*k],
-        (None, Some(list)) => parse_digits(list, n)?,
-        (None, None) => vec![0],
+    let task = match args.task {
+        Task::Modp => TaskConfig::modp(args.p, args.train_fraction, args.eval_every),
+        Task::Addition => TaskConfig {
+            n_digits: n,
+            layout: args.layout,
+            targets: match (&args.digit, &args.digits) {
+                (Some(k), _) => vec![*k],
+                (None, Some(list)) => parse_digits(list, n)?,
+                (None, None) => vec![0],
+            },
+            modp: None,
+        },
     };
-    let task = TaskConfig {
-        n_digits: n,
-        layout: args.layout,
-        targets,
-    };
+    // Checked first: the defaults below (batch size, vocabulary) are computed from it.
+    task.validate()?;
+    let modp = task.modp.is_some();
     let mut cfg = TrainConfig::default_for(task, args.d_model, args.n_heads);
     cfg.model.n_layers = args.n_layers;
     cfg.model.d_mlp = args.d_mlp.unwrap_or(args.d_model.saturating_mul(4));
-    cfg.model.d_vocab_out = args.d_vocab_out;
+    if !modp {
+        cfg.model.d_vocab_out = args.d_vocab_out;
+        cfg.batch_size = args.batch_size;
+    }
     let o = &mut cfg.optimizer;
     (o.lr, o.beta1, o.beta2, o.eps) = (args.lr, args.beta1, args.beta2, args.eps);
     (o.weight_decay, o.warmup_steps, o.grad_clip) =
         (args.weight_decay, args.warmup, args.grad_clip);
-    cfg.batch_size = args.batch_size;
     cfg.steps = args.steps.unwrap_or(cfg.steps);
     cfg.seed = args.seed;
     cfg.snapshot_every = args.snapshot_every;
@@ -257,6 +292,49 @@ fn check_resume_options(matches: &ArgMatches) -> Result<()> {
              --threads and --quiet may be given (got {})",
             given.join(", ")
         );
+    }
+    Ok(())
+}
+
+/// The task kinds of `--task`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Task {
+    Addition,
+    Modp,
+}
+
+/// The options of one task are refused with the other: addition's digits, layout, output
+/// vocabulary and batch size with `--task modp` (one answer read at `=`, p outputs, full
+/// batch), and modp's options with addition.
+fn check_task_options(matches: &ArgMatches) -> Result<()> {
+    let given = |ids: &[&str]| -> Vec<String> {
+        ids.iter()
+            .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect()
+    };
+    let modp = matches.get_one::<Task>("task") == Some(&Task::Modp);
+    if modp {
+        let foreign = given(&[
+            "n_digits",
+            "layout",
+            "digit",
+            "digits",
+            "d_vocab_out",
+            "batch_size",
+        ]);
+        if !foreign.is_empty() {
+            bail!(
+                "{} cannot be used with --task modp: modular addition reads its one answer at \
+                 `=` (tokens `x y =`), has p outputs and trains full-batch on its training set",
+                foreign.join(", ")
+            );
+        }
+    } else {
+        let foreign = given(&["p", "train_fraction", "eval_every"]);
+        if !foreign.is_empty() {
+            bail!("{} only apply to --task modp", foreign.join(", "));
+        }
     }
     Ok(())
 }

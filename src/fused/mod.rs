@@ -160,10 +160,16 @@ impl FusedStep {
     }
 
     /// Forward and backward on `batch` with the weights `params` (all tensors, state-dict
-    /// order): loss, logits, targets and gradients of the trained tensors.
-    pub fn run(&mut self, cfg: &TrainConfig, params: &[NamedTensor], batch: &Batch) -> &StepResult {
+    /// order): loss, logits, targets and gradients of the trained tensors. The batch carries
+    /// its targets (for either task); `_cfg` stays so callers keep one signature.
+    pub fn run(
+        &mut self,
+        _cfg: &TrainConfig,
+        params: &[NamedTensor],
+        batch: &Batch,
+    ) -> &StepResult {
         let buf = &mut self.buffers;
-        buf.result.targets = batch.targets(&cfg.task);
+        buf.result.targets.clone_from(&batch.targets);
         let weights = Weights::of(params);
         forward::forward(&self.shapes, &weights, &batch.tokens, buf);
         backward::backward(&self.shapes, &weights, &batch.tokens, buf);
@@ -215,7 +221,7 @@ pub fn loss_and_grads(
     params: &[NamedTensor],
     batch: &Batch,
 ) -> Result<StepResult> {
-    let mut step = CachedStep::take(cfg, batch.pairs.len())?;
+    let mut step = CachedStep::take(cfg, batch.examples)?;
     let r = step.run(cfg, params, batch);
     Ok(StepResult {
         loss: r.loss,

@@ -80,9 +80,6 @@ impl ModelConfig {
                 self.n_heads
             );
         }
-        if self.d_vocab_out < 10 {
-            bail!("--d-vocab-out must be at least 10 (the ten digits)");
-        }
         Ok(())
     }
 

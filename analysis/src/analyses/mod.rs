@@ -4,10 +4,13 @@
 //!
 //! - [`snapshot`]: `loss`, `naive-lens` and `excluded-loss`, computed from every snapshot's
 //!   logits on the balanced eval set;
+//! - [`grokking`]: modular addition's progress measures and phases, from every snapshot's
+//!   logits on the p×p grid and its weights;
 //! - [`phases`]: plateaus of each digit's eval and training loss;
 //! - [`summary`]: the phases of every run in a folder, beside each run's config;
 //! - [`spikes`]: loss spikes replayed from a checkpoint and attributed to parameter groups.
 
+pub mod grokking;
 pub mod phases;
 pub mod snapshot;
 pub mod spikes;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use digitlab_analysis::analyses::grokking::run_grokking;
 use digitlab_analysis::analyses::phases::{phase_inputs, run_phases};
 use digitlab_analysis::analyses::snapshot::SnapshotAnalysis;
 use digitlab_analysis::analyses::snapshot::{run_snapshot_analyses, EvalOptions};
@@ -38,7 +39,12 @@ enum Analysis {
     ExcludedLoss(RunArgs),
     /// Plateaus (ln 10, carry entropy, zero) and when each digit leaves them -> phases.parquet, plateaus.parquet
     Phases(PhaseArgs),
-    /// Everything above
+    /// Modular addition (train --task modp): train/test loss, excluded and restricted loss at
+    /// the key frequencies, the embedding's Fourier Gini coefficient, the sum of squared
+    /// weights, and the phases memorisation / circuit formation / cleanup -> grokking.parquet,
+    /// key_frequencies.parquet, grokking_phases.parquet
+    Grokking(RunArgs),
+    /// Everything above that applies to the run's task (grokking for modular addition)
     All(PhaseArgs),
     /// One table over every run in a folder: config and phase figures -> <folder>/summary.parquet
     Summary(PhaseArgs),
@@ -222,6 +228,7 @@ fn configure_threads() {
 fn run(cli: Cli) -> Result<()> {
     let snapshot = |args: &RunArgs, analyses: &[SnapshotAnalysis]| -> Result<()> {
         let run = Run::open(&args.path)?;
+        refuse_modp(&run)?;
         let options = args.eval_options();
         options.validate(&run)?;
         let _lock = run.dir.lock_analysis()?;
@@ -233,7 +240,13 @@ fn run(cli: Cli) -> Result<()> {
         Analysis::NaiveLens(args) => snapshot(&args, &[SnapshotAnalysis::NaiveLens]),
         Analysis::ExcludedLoss(args) => snapshot(&args, &[SnapshotAnalysis::ExcludedLoss]),
         Analysis::Phases(args) => phases(&args, &[]),
-        Analysis::All(args) => phases(&args, &SnapshotAnalysis::ALL),
+        Analysis::Grokking(args) => grokking(&args),
+        Analysis::All(args) => {
+            if Run::open(&args.run.path)?.cfg.task.modp.is_some() {
+                return grokking(&args.run);
+            }
+            phases(&args, &SnapshotAnalysis::ALL)
+        }
         Analysis::Spikes(args) => spikes(&args),
         Analysis::Report(args) => report(&args),
         Analysis::Summary(args) => {
@@ -259,6 +272,7 @@ fn print_lines(lines: Vec<String>) {
 
 fn spikes(args: &SpikeArgs) -> Result<()> {
     let run = Run::open(&args.path)?;
+    refuse_modp(&run)?;
     let options = SpikeAnalysisOptions {
         detection: SpikeOptions {
             window: args.window,
@@ -297,6 +311,7 @@ fn report(args: &ReportArgs) -> Result<()> {
             ..args.analyses
         };
         let all = Run::open(run).and_then(|r| {
+            refuse_modp(&r)?;
             let (eval, options) = (one.run.eval_options(), one.phase_options());
             let train_log = phase_inputs(&r, &eval, &options)?;
             let lock = r.dir.lock_analysis()?;
@@ -358,9 +373,43 @@ fn open_in_browser(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The digit analyses (eval set of digit pairs, carries, plateaus at ln 10) are not defined on
+/// modular addition, which has its own.
+fn refuse_modp(run: &Run) -> Result<()> {
+    if run.cfg.task.modp.is_some() {
+        anyhow::bail!(
+            "run {} is modular addition (--task modp): its analyses are `analyze grokking` \
+             (which `analyze all` runs)",
+            run.id
+        );
+    }
+    Ok(())
+}
+
+/// `grokking`: modular addition's measures and phases, under the analysis lock.
+fn grokking(args: &RunArgs) -> Result<()> {
+    let run = Run::open(&args.path)?;
+    let options = args.eval_options();
+    let _lock = run.dir.lock_analysis()?;
+    let (lines, phases) = run_grokking(&run, &options)?;
+    print_lines(lines);
+    let fmt = |b: Option<u64>| b.map_or("-".to_string(), |b| b.to_string());
+    println!(
+        "memorised at {}, cleanup from {}, grokked at {}; restricted loss falls at {}, excluded \
+         loss peaks at {}",
+        fmt(phases.memorised),
+        fmt(phases.cleanup_start),
+        fmt(phases.grokked),
+        fmt(phases.restricted_falls),
+        fmt(phases.excluded_peak)
+    );
+    Ok(())
+}
+
 /// `phases`, after the snapshot `analyses` first (`all`), on one opening of the run.
 fn phases(args: &PhaseArgs, analyses: &[SnapshotAnalysis]) -> Result<()> {
     let run = Run::open(&args.run.path)?;
+    refuse_modp(&run)?;
     let eval = args.run.eval_options();
     let options = args.phase_options();
     let train_log = phase_inputs(&run, &eval, &options)?;

@@ -1,33 +1,131 @@
-//! Fourier progress measures over the digit pair (docs/metrics.md, 'Excluded and restricted loss'
-//! and 'Key frequencies'), after Nanda et al.,
-//! "Progress measures for grokking via mechanistic interpretability".
+//! Fourier progress measures over a grid of operand pairs (docs/metrics.md, 'Excluded and
+//! restricted loss' and 'Key frequencies'), after Nanda et al., "Progress measures for grokking
+//! via mechanistic interpretability".
 //!
-//! Each context of the balanced eval set (docs/metrics.md, 'The balanced eval set') is a 10×10 grid of `(a_k, b_k)`. The
-//! excluded and restricted logits remove or keep only the part of each grid that is a wave in
-//! `a_k + b_k` at chosen frequencies; the key frequencies are read off the MLP neurons, whose
-//! activations a Fourier-multiplying model makes products of waves in `a_k` and in `b_k`.
+//! One code for both tasks, parameterised by the [`Grid`]: a context of the balanced eval set
+//! of addition (docs/metrics.md, 'The balanced eval set') is the 10×10 grid of `(a_k, b_k)`;
+//! modular addition is the one p×p grid of `(x, y)`. The excluded and restricted logits remove
+//! or keep only the part of each grid that is a wave in `a + b` at chosen frequencies; the key
+//! frequencies are read off the MLP neurons, whose activations a Fourier-multiplying model
+//! makes products of waves in `a` and in `b`; the embedding's Fourier norms and their Gini
+//! coefficient measure how few frequencies the embedding uses.
 //!
-//! Precondition of every function here: the examples are ordered context-major, then by pair,
-//! so example `m * 100 + a_k * 10 + b_k` is pair `(a_k, b_k)` in context `m`, the order of the
-//! eval set for a digit `k < n`. Projections use explicit orthonormal bases over the 100 grid
-//! points (orthonormality is checked in the tests) and are computed in f64.
+//! Precondition of every grid function here: the examples are ordered context-major, then by
+//! pair, so example `m * n² + a * n + b` is pair `(a, b)` in context `m` (the order of the eval
+//! set for a digit `k < n`, and of [`digitlab::modp`]'s full grid). Projections use explicit
+//! orthonormal bases over the grid points (orthonormality is checked in the tests) and are
+//! computed in f64.
 
 use std::f64::consts::TAU;
-use std::sync::OnceLock;
 
-/// Frequencies `f = 1..=5` over the 10-point digit circle.
-pub const FREQUENCIES: [usize; 5] = [1, 2, 3, 4, 5];
+/// The grid of operand pairs `(a, b)` with `a, b` in `0..n`, indexed `a * n + b`; its
+/// frequencies are `1..=n/2` (for even `n` the last has a cosine only: the sine is zero on the
+/// integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub n: usize,
+}
 
-/// Values of a digit, and points on each axis of the grid.
-const DIGITS: usize = 10;
-/// Points of one context's grid, indexed `a * 10 + b`.
-const GRID: usize = DIGITS * DIGITS;
+/// A function on the grid, indexed `a * n + b`.
+type GridVector = Vec<f64>;
 
-/// A function on the grid, indexed `a * 10 + b`.
-type GridVector = [f64; GRID];
+impl Grid {
+    /// A digit column of addition: `(a_k, b_k)` in 0..10.
+    pub const DIGITS: Grid = Grid { n: 10 };
 
-/// The unit constant on the grid: projecting on it gives the grid mean.
-const CONSTANT: GridVector = [1.0 / DIGITS as f64; GRID];
+    /// Points of one context's grid.
+    pub fn points(self) -> usize {
+        self.n * self.n
+    }
+
+    /// The frequencies `1..=n/2`.
+    pub fn frequencies(self) -> Vec<usize> {
+        (1..=self.n / 2).collect()
+    }
+
+    /// The unit constant on the grid: projecting on it gives the grid mean.
+    fn constant(self) -> GridVector {
+        vec![1.0 / self.n as f64; self.points()]
+    }
+
+    /// `1, cos(w x), sin(w x)` on `x = 0..n`, `w = 2 pi f / n`; no `sin` when `2f = n`.
+    fn waves(self, f: usize) -> Vec<Vec<f64>> {
+        let n = self.n;
+        let w = TAU * f as f64 / n as f64;
+        let mut waves = vec![vec![1.0; n], (0..n).map(|x| (w * x as f64).cos()).collect()];
+        if 2 * f != n {
+            waves.push((0..n).map(|x| (w * x as f64).sin()).collect());
+        }
+        waves
+    }
+
+    /// `cos(w (a+b))` and `sin(w (a+b))` over the grid, each of unit norm; only `cos` when
+    /// `2f = n`, where `sin` is identically 0.
+    fn sum_directions(self, f: usize) -> Vec<GridVector> {
+        let n = self.n;
+        self.waves(f)
+            .iter()
+            .skip(1)
+            .map(|wave| {
+                unit(
+                    (0..self.points())
+                        .map(|g| wave[(g / n + g % n) % n])
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The products `{1, cos wa, sin wa} × {1, cos wb, sin wb}` without the constant, each of
+    /// unit norm (3 directions when `2f = n`, 8 otherwise).
+    fn pair_directions(self, f: usize) -> Vec<GridVector> {
+        let n = self.n;
+        let waves = self.waves(f);
+        let mut directions = Vec::new();
+        for (i, wave_a) in waves.iter().enumerate() {
+            for (j, wave_b) in waves.iter().enumerate() {
+                if i + j > 0 {
+                    directions.push(unit(
+                        (0..self.points())
+                            .map(|g| wave_a[g / n] * wave_b[g % n])
+                            .collect(),
+                    ));
+                }
+            }
+        }
+        directions
+    }
+
+    /// The unit sum-directions of a set of frequencies, each frequency once.
+    ///
+    /// # Panics
+    /// If a frequency is not in `1..=n/2`.
+    fn sum_directions_of(self, freqs: &[usize]) -> Vec<GridVector> {
+        let all = self.frequencies();
+        if let Some(f) = freqs.iter().find(|f| !all.contains(f)) {
+            panic!("frequency {f} is not one of 1..={}", self.n / 2);
+        }
+        all.into_iter()
+            .filter(|f| freqs.contains(f))
+            .flat_map(|f| self.sum_directions(f))
+            .collect()
+    }
+
+    /// The 1D Fourier basis on `0..n`: the unit constant, then `cos` and `sin` of each
+    /// frequency (`cos` only when `2f = n`), each of unit norm: `n` orthonormal vectors, named
+    /// `const`, `cos f`, `sin f`.
+    pub fn basis_1d(self) -> Vec<(String, Vec<f64>)> {
+        let mut basis = vec![("const".to_string(), unit(vec![1.0; self.n]))];
+        for f in self.frequencies() {
+            let waves = self.waves(f);
+            basis.push((format!("cos {f}"), unit(waves[1].clone())));
+            if let Some(sin) = waves.get(2) {
+                basis.push((format!("sin {f}"), unit(sin.clone())));
+            }
+        }
+        basis
+    }
+}
 
 /// Whether to keep the projection on some directions, or what is left after removing it.
 #[derive(Clone, Copy)]
@@ -40,19 +138,20 @@ enum Keep {
 /// `L - sum_{f in freqs} proj_f(L)`, per context and output; `excluded_loss` is its
 /// [`mean_cross_entropy`](digitlab::log_softmax::mean_cross_entropy).
 ///
-/// `logits` is `n_contexts × 100 × n_out` in the eval-set order (see the module doc); `freqs` is
-/// a set of frequencies from [`FREQUENCIES`] (a repeat counts once).
+/// `logits` is `n_contexts × n² × n_out` in grid order (see the module doc); `freqs` is a set
+/// of frequencies of the grid (a repeat counts once).
 ///
 /// # Panics
-/// If `n_out` is 0, the length does not match or a frequency is not in `1..=5`.
+/// If `n_out` is 0, the length does not match or a frequency is not in `1..=n/2`.
 pub fn excluded_logits(
+    grid: Grid,
     logits: &[f32],
     n_out: usize,
     n_contexts: usize,
     freqs: &[usize],
 ) -> Vec<f32> {
-    let directions = sum_directions_of(freqs);
-    split_grids(logits, n_out, n_contexts, &directions, Keep::Residual)
+    let directions = grid.sum_directions_of(freqs);
+    split_grids(grid, logits, n_out, n_contexts, &directions, Keep::Residual)
 }
 
 /// Keeps only the grid mean and the sum-structure at the given frequencies (`restricted_loss`):
@@ -60,14 +159,22 @@ pub fn excluded_logits(
 ///
 /// Same layout, set semantics and panics as [`excluded_logits`].
 pub fn restricted_logits(
+    grid: Grid,
     logits: &[f32],
     n_out: usize,
     n_contexts: usize,
     freqs: &[usize],
 ) -> Vec<f32> {
-    let mut directions = vec![&CONSTANT];
-    directions.extend(sum_directions_of(freqs));
-    split_grids(logits, n_out, n_contexts, &directions, Keep::Projection)
+    let mut directions = vec![grid.constant()];
+    directions.extend(grid.sum_directions_of(freqs));
+    split_grids(
+        grid,
+        logits,
+        n_out,
+        n_contexts,
+        &directions,
+        Keep::Projection,
+    )
 }
 
 /// One MLP neuron's frequency: the `f` whose 2D Fourier terms hold the largest fraction of its
@@ -90,12 +197,12 @@ pub struct KeyFrequencies {
     pub threshold: f64,
 }
 
-/// The key frequencies from MLP post-ReLU activations at the predicting position (spec
-/// section 5), `acts` being `n_contexts × 100 × n_neurons` in the eval-set order (module doc).
+/// The key frequencies from MLP post-ReLU activations at the predicting position, `acts`
+/// being `n_contexts × n² × n_neurons` in grid order (module doc).
 ///
 /// Each context's grid is centred; per neuron and frequency `f`, the fraction is the variance
 /// (summed over contexts) in the span of `{1, cos wa, sin wa} × {1, cos wb, sin wb}` minus the
-/// constant, `w = 2 pi f / 10` (for `f = 5` the sin terms vanish, leaving 3 directions). The
+/// constant, `w = 2 pi f / n` (for `2f = n` the sin terms vanish, leaving 3 directions). The
 /// subspaces of different `f` are orthogonal, so a neuron's fractions sum to at most 1.
 /// A neuron with zero variance (dead) gets fraction 0 and, as the argmax of all-zero fractions
 /// with ties to the lowest `f`, frequency 1.
@@ -103,6 +210,7 @@ pub struct KeyFrequencies {
 /// # Panics
 /// If `n_neurons` is 0 or the length does not match.
 pub fn key_frequencies(
+    grid: Grid,
     acts: &[f32],
     n_neurons: usize,
     n_contexts: usize,
@@ -111,16 +219,20 @@ pub fn key_frequencies(
     assert!(n_neurons > 0, "no neurons");
     assert_eq!(
         acts.len(),
-        n_contexts * GRID * n_neurons,
-        "activations must be n_contexts × 100 × n_neurons"
+        n_contexts * grid.points() * n_neurons,
+        "activations must be n_contexts × n² × n_neurons"
     );
-    let bases = FREQUENCIES.map(pair_directions);
+    let frequencies = grid.frequencies();
+    let bases: Vec<Vec<GridVector>> = frequencies
+        .iter()
+        .map(|&f| grid.pair_directions(f))
+        .collect();
     let mut variance = vec![0.0; n_neurons];
-    let mut captured = vec![[0.0; FREQUENCIES.len()]; n_neurons];
+    let mut captured = vec![vec![0.0; frequencies.len()]; n_neurons];
     let mut mean = vec![0.0; n_neurons];
     let mut coefficient = vec![0.0; n_neurons];
 
-    for context in acts.chunks_exact(GRID * n_neurons) {
+    for context in acts.chunks_exact(grid.points() * n_neurons) {
         mean.fill(0.0);
         for row in context.chunks_exact(n_neurons) {
             for (m, &x) in mean.iter_mut().zip(row) {
@@ -129,7 +241,7 @@ pub fn key_frequencies(
         }
         // Summing first keeps a constant grid exactly constant, so a dead neuron has variance 0.
         for m in &mut mean {
-            *m /= GRID as f64;
+            *m /= grid.points() as f64;
         }
         for row in context.chunks_exact(n_neurons) {
             for ((v, &x), &m) in variance.iter_mut().zip(row).zip(&mean) {
@@ -160,7 +272,7 @@ pub fn key_frequencies(
                     0.0
                 }
             };
-            let best = (1..FREQUENCIES.len()).fold(0, |best, fi| {
+            let best = (1..frequencies.len()).fold(0, |best, fi| {
                 if fraction_of(fi) > fraction_of(best) {
                     fi
                 } else {
@@ -169,7 +281,7 @@ pub fn key_frequencies(
             });
             NeuronFrequency {
                 neuron,
-                frequency: FREQUENCIES[best],
+                frequency: frequencies[best],
                 fraction: fraction_of(best),
             }
         })
@@ -191,23 +303,24 @@ pub fn key_frequencies(
 /// Projects every context's grid of every output on the orthonormal `directions` and keeps the
 /// projection or the residual, in f64, rounding once to f32 at the end.
 fn split_grids(
+    grid: Grid,
     logits: &[f32],
     n_out: usize,
     n_contexts: usize,
-    directions: &[&GridVector],
+    directions: &[GridVector],
     keep: Keep,
 ) -> Vec<f32> {
     assert!(n_out > 0, "no outputs");
     assert_eq!(
         logits.len(),
-        n_contexts * GRID * n_out,
-        "logits must be n_contexts × 100 × n_out"
+        n_contexts * grid.points() * n_out,
+        "logits must be n_contexts × n² × n_out"
     );
     let mut out = Vec::with_capacity(logits.len());
     // coefficients[j * n_out + o]: the coefficient of output o on direction j.
     let mut coefficients = vec![0.0; directions.len() * n_out];
     let mut projection = vec![0.0; n_out];
-    for context in logits.chunks_exact(GRID * n_out) {
+    for context in logits.chunks_exact(grid.points() * n_out) {
         coefficients.fill(0.0);
         for (g, row) in context.chunks_exact(n_out).enumerate() {
             for (direction, coef) in directions.iter().zip(coefficients.chunks_exact_mut(n_out)) {
@@ -234,66 +347,55 @@ fn split_grids(
     out
 }
 
-/// The unit sum-directions of a set of frequencies, each frequency once.
-fn sum_directions_of(freqs: &[usize]) -> Vec<&'static GridVector> {
-    if let Some(f) = freqs.iter().find(|f| !FREQUENCIES.contains(f)) {
-        panic!("frequency {f} is not one of {FREQUENCIES:?}");
-    }
-    static BASES: OnceLock<[Vec<GridVector>; FREQUENCIES.len()]> = OnceLock::new();
-    let bases = BASES.get_or_init(|| FREQUENCIES.map(sum_directions));
-    FREQUENCIES
-        .iter()
-        .zip(bases)
-        .filter(|(f, _)| freqs.contains(f))
-        .flat_map(|(_, directions)| directions)
-        .collect()
-}
-
-/// `cos(w (a+b))` and `sin(w (a+b))` over the grid, each of unit norm; only `cos` for `f = 5`,
-/// where `sin` is identically 0.
-fn sum_directions(f: usize) -> Vec<GridVector> {
-    waves(f)
-        .iter()
-        .skip(1)
-        .map(|wave| {
-            unit(std::array::from_fn(|g| {
-                wave[(g / DIGITS + g % DIGITS) % DIGITS]
-            }))
+/// The norm of each row of an embedding `[n, d]` (the `n` token rows of operands `0..n`)
+/// projected on each vector of the 1D Fourier basis over the tokens ([`Grid::basis_1d`]): the
+/// norm of `u^T W_E` for each basis vector `u`, in basis order. Their squares sum to the
+/// squared norm of the rows (the basis is orthonormal).
+pub fn embedding_fourier_norms(grid: Grid, w_e: &[f32], d_model: usize) -> Vec<(String, f64)> {
+    assert!(
+        w_e.len() >= grid.n * d_model,
+        "the embedding has fewer than n rows"
+    );
+    grid.basis_1d()
+        .into_iter()
+        .map(|(name, u)| {
+            let mut projected = vec![0.0; d_model];
+            for (x, &ux) in u.iter().enumerate() {
+                for (p, &w) in projected
+                    .iter_mut()
+                    .zip(&w_e[x * d_model..(x + 1) * d_model])
+                {
+                    *p += ux * f64::from(w);
+                }
+            }
+            (name, projected.iter().map(|p| p * p).sum::<f64>().sqrt())
         })
         .collect()
 }
 
-/// The products `{1, cos wa, sin wa} × {1, cos wb, sin wb}` without the constant, each of unit
-/// norm (3 directions for `f = 5`, 8 otherwise).
-fn pair_directions(f: usize) -> Vec<GridVector> {
-    let waves = waves(f);
-    let mut directions = Vec::new();
-    for (i, wave_a) in waves.iter().enumerate() {
-        for (j, wave_b) in waves.iter().enumerate() {
-            if i + j > 0 {
-                directions.push(unit(std::array::from_fn(|g| {
-                    wave_a[g / DIGITS] * wave_b[g % DIGITS]
-                })));
-            }
-        }
+/// The Gini coefficient of non-negative values, `sum_i sum_j |x_i - x_j| / (2 n sum x)`: 0 when
+/// all are equal, `(n - 1) / n` when one holds everything; 0 for an all-zero input. Computed
+/// from the sorted values, `sum_i (2i - n - 1) x_(i) / (n sum x)` with `i` from 1.
+pub fn gini(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len() as f64;
+    let total: f64 = sorted.iter().sum();
+    if total <= 0.0 {
+        return 0.0;
     }
-    directions
-}
-
-/// `1, cos(w x), sin(w x)` on the digits `x = 0..9`, `w = 2 pi f / 10`; no `sin` for `f = 5`.
-fn waves(f: usize) -> Vec<[f64; DIGITS]> {
-    let w = TAU * f as f64 / DIGITS as f64;
-    let mut waves = vec![[1.0; DIGITS], std::array::from_fn(|x| (w * x as f64).cos())];
-    if 2 * f != DIGITS {
-        waves.push(std::array::from_fn(|x| (w * x as f64).sin()));
-    }
-    waves
+    let weighted: f64 = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (2.0 * (i + 1) as f64 - n - 1.0) * x)
+        .sum();
+    weighted / (n * total)
 }
 
 /// `v / |v|`.
 fn unit(v: GridVector) -> GridVector {
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    v.map(|x| x / norm)
+    v.into_iter().map(|x| x / norm).collect()
 }
 
 #[cfg(test)]
@@ -303,7 +405,11 @@ mod tests {
     use digitlab::log_softmax::mean_cross_entropy;
     use std::f64::consts::PI;
 
-    fn dot(u: &GridVector, v: &GridVector) -> f64 {
+    /// The frequencies of the digit grid.
+    const FREQUENCIES: [usize; 5] = [1, 2, 3, 4, 5];
+    const DIGITS: Grid = Grid::DIGITS;
+
+    fn dot(u: &[f64], v: &[f64]) -> f64 {
         u.iter().zip(v).map(|(x, y)| x * y).sum()
     }
 
@@ -319,26 +425,86 @@ mod tests {
 
     #[test]
     fn bases_are_orthonormal_on_the_grid() {
-        let sums: Vec<_> = FREQUENCIES.map(sum_directions).into_iter().collect();
+        assert_eq!(DIGITS.frequencies(), FREQUENCIES);
+        let sums: Vec<_> = FREQUENCIES
+            .map(|f| DIGITS.sum_directions(f))
+            .into_iter()
+            .collect();
         assert_eq!(
             sums.iter().map(Vec::len).collect::<Vec<_>>(),
             [2, 2, 2, 2, 1]
         );
-        let mut all = vec![&CONSTANT];
+        let constant = DIGITS.constant();
+        let mut all = vec![&constant];
         all.extend(sums.iter().flatten());
         // The constant and the nine sum-directions span every function of (a + b) mod 10.
         assert_eq!(all.len(), 10);
         assert_orthonormal(&all);
-        assert_eq!(sum_directions_of(&FREQUENCIES), all[1..]);
+        let of_all = DIGITS.sum_directions_of(&FREQUENCIES);
+        assert_eq!(of_all.iter().collect::<Vec<_>>(), all[1..]);
 
-        let pairs: Vec<_> = FREQUENCIES.map(pair_directions).into_iter().collect();
+        let pairs: Vec<_> = FREQUENCIES
+            .map(|f| DIGITS.pair_directions(f))
+            .into_iter()
+            .collect();
         assert_eq!(
             pairs.iter().map(Vec::len).collect::<Vec<_>>(),
             [8, 8, 8, 8, 3]
         );
-        let mut all = vec![&CONSTANT];
+        let mut all = vec![&constant];
         all.extend(pairs.iter().flatten());
         assert_orthonormal(&all);
+    }
+
+    /// The p×p grid of modular addition, p odd: (p - 1) / 2 frequencies, each with two sum
+    /// directions and eight pair directions, orthonormal with the constant; the sum directions
+    /// and the constant span the p functions of (a + b) mod p. Checked at p = 13 (every pair
+    /// of directions) and the 1D basis at p = 113.
+    #[test]
+    fn bases_are_orthonormal_on_a_p_by_p_grid() {
+        let grid = Grid { n: 13 };
+        assert_eq!(grid.frequencies(), (1..=6).collect::<Vec<_>>());
+        let constant = grid.constant();
+        // Every direction of one kind, over all frequencies, is orthonormal with the constant.
+        for (kind, directions_of, count) in [
+            (
+                "sum",
+                Grid::sum_directions as fn(Grid, usize) -> Vec<GridVector>,
+                12,
+            ),
+            ("pair", Grid::pair_directions, 48),
+        ] {
+            let directions: Vec<GridVector> = grid
+                .frequencies()
+                .into_iter()
+                .flat_map(|f| directions_of(grid, f))
+                .collect();
+            assert_eq!(directions.len(), count, "{kind}");
+            let mut all = vec![&constant];
+            all.extend(&directions);
+            assert_orthonormal(&all);
+        }
+        // Each sum direction is cos/sin(w (a + b)) up to its norm, p/sqrt(2) on the grid.
+        let w = 2.0 * PI * 4.0 / 13.0;
+        let cos4 = &grid.sum_directions(4)[0];
+        for a in 0..13 {
+            for b in 0..13 {
+                let want = (w * (a + b) as f64).cos() * (2.0f64).sqrt() / 13.0;
+                assert!((cos4[a * 13 + b] - want).abs() < 1e-12);
+            }
+        }
+
+        let basis = Grid { n: 113 }.basis_1d();
+        assert_eq!(basis.len(), 113);
+        assert_eq!(basis[0].0, "const");
+        assert_eq!(basis[111].0, "cos 56");
+        assert_eq!(basis[112].0, "sin 56");
+        for (i, (_, u)) in basis.iter().enumerate() {
+            for (j, (_, v)) in basis.iter().enumerate() {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((dot(u, v) - want).abs() < 1e-12, "<{i}, {j}>");
+            }
+        }
     }
 
     /// Plain-loop `L - sum proj_f(L)` and `mean + sum proj_f(L)`, in f64.
@@ -417,19 +583,19 @@ mod tests {
         let logits = random_logits(&mut rng, n_contexts * 100 * n_out);
         for freqs in [&[1][..], &[5], &[2, 4], &[1, 2, 3, 4, 5], &[]] {
             let (excluded, restricted) = reference_split(&logits, n_out, n_contexts, freqs);
-            let got = excluded_logits(&logits, n_out, n_contexts, freqs);
+            let got = excluded_logits(DIGITS, &logits, n_out, n_contexts, freqs);
             assert_all_close(&got, &excluded, 1e-5);
-            let got = restricted_logits(&logits, n_out, n_contexts, freqs);
+            let got = restricted_logits(DIGITS, &logits, n_out, n_contexts, freqs);
             assert_all_close(&got, &restricted, 1e-5);
         }
         // The frequencies are a set: order and repeats do not matter.
         assert_eq!(
-            excluded_logits(&logits, n_out, n_contexts, &[4, 2, 2]),
-            excluded_logits(&logits, n_out, n_contexts, &[2, 4])
+            excluded_logits(DIGITS, &logits, n_out, n_contexts, &[4, 2, 2]),
+            excluded_logits(DIGITS, &logits, n_out, n_contexts, &[2, 4])
         );
         assert_eq!(
-            restricted_logits(&logits, n_out, n_contexts, &[4, 2, 2]),
-            restricted_logits(&logits, n_out, n_contexts, &[2, 4])
+            restricted_logits(DIGITS, &logits, n_out, n_contexts, &[4, 2, 2]),
+            restricted_logits(DIGITS, &logits, n_out, n_contexts, &[2, 4])
         );
     }
 
@@ -439,23 +605,23 @@ mod tests {
         let (n_out, n_contexts) = (12, 4);
         let logits = random_logits(&mut rng, n_contexts * 100 * n_out);
         let freqs = [2, 3];
-        let excluded = excluded_logits(&logits, n_out, n_contexts, &freqs);
-        let restricted = restricted_logits(&logits, n_out, n_contexts, &freqs);
-        let mean = restricted_logits(&logits, n_out, n_contexts, &[]);
+        let excluded = excluded_logits(DIGITS, &logits, n_out, n_contexts, &freqs);
+        let restricted = restricted_logits(DIGITS, &logits, n_out, n_contexts, &freqs);
+        let mean = restricted_logits(DIGITS, &logits, n_out, n_contexts, &[]);
         let recombined: Vec<f64> = (0..logits.len())
             .map(|i| excluded[i] as f64 + (restricted[i] - mean[i]) as f64)
             .collect();
         assert_all_close(&logits, &recombined, 1e-5);
         // Idempotent.
-        let twice = excluded_logits(&excluded, n_out, n_contexts, &freqs);
+        let twice = excluded_logits(DIGITS, &excluded, n_out, n_contexts, &freqs);
         assert_all_close(&twice, &as_f64(&excluded), 1e-5);
-        let twice = restricted_logits(&restricted, n_out, n_contexts, &freqs);
+        let twice = restricted_logits(DIGITS, &restricted, n_out, n_contexts, &freqs);
         assert_all_close(&twice, &as_f64(&restricted), 1e-5);
         // Orthogonal: nothing of the kept frequencies is left in the residual, and nothing else
         // in the projection.
-        let left = restricted_logits(&excluded, n_out, n_contexts, &freqs);
+        let left = restricted_logits(DIGITS, &excluded, n_out, n_contexts, &freqs);
         assert_all_close(&left, &as_f64(&mean), 1e-5);
-        let left = excluded_logits(&restricted, n_out, n_contexts, &freqs);
+        let left = excluded_logits(DIGITS, &restricted, n_out, n_contexts, &freqs);
         assert_all_close(&left, &as_f64(&mean), 1e-5);
     }
 
@@ -531,12 +697,12 @@ mod tests {
             "the constructed logits solve the task: {original}"
         );
 
-        let restricted = restricted_logits(&logits, n_out, n_contexts, &FREQUENCIES);
+        let restricted = restricted_logits(DIGITS, &logits, n_out, n_contexts, &FREQUENCIES);
         assert_all_close(&restricted, &as_f64(&logits), 1e-5);
         let kept = mean_cross_entropy(&restricted, n_out, &targets);
         assert!((kept - original).abs() <= 1e-9, "{kept} vs {original}");
 
-        let excluded = excluded_logits(&logits, n_out, n_contexts, &FREQUENCIES);
+        let excluded = excluded_logits(DIGITS, &logits, n_out, n_contexts, &FREQUENCIES);
         for (i, &x) in excluded.iter().enumerate() {
             let offset = offsets[i / (100 * n_out)];
             assert!((x as f64 - offset).abs() <= 1e-5, "[{i}]: {x} vs {offset}");
@@ -550,11 +716,11 @@ mod tests {
         let mut rng = SplitMix64::new(15);
         let (n_out, n_contexts) = (12, 3);
         let (logits, offsets) = sum_structured_logits(&mut rng, n_out, n_contexts, &[2]);
-        let unchanged = excluded_logits(&logits, n_out, n_contexts, &[3]);
+        let unchanged = excluded_logits(DIGITS, &logits, n_out, n_contexts, &[3]);
         assert_all_close(&unchanged, &as_f64(&logits), 1e-5);
-        let unchanged = restricted_logits(&logits, n_out, n_contexts, &[2]);
+        let unchanged = restricted_logits(DIGITS, &logits, n_out, n_contexts, &[2]);
         assert_all_close(&unchanged, &as_f64(&logits), 1e-5);
-        let flattened = excluded_logits(&logits, n_out, n_contexts, &[2]);
+        let flattened = excluded_logits(DIGITS, &logits, n_out, n_contexts, &[2]);
         let grid_means: Vec<f64> = (0..logits.len())
             .map(|i| offsets[i / (100 * n_out)])
             .collect();
@@ -656,7 +822,7 @@ mod tests {
                 &|_, _, _, _| 0.7,
             ],
         );
-        let got = key_frequencies(&acts, 6, n_contexts, 0.85);
+        let got = key_frequencies(DIGITS, &acts, 6, n_contexts, 0.85);
         assert_eq!(got.key, [3]);
         assert_eq!(got.threshold, 0.85);
         for neuron in &got.neurons[..3] {
@@ -688,7 +854,7 @@ mod tests {
                 &|rng, _, a, _| (w2 * a).cos() + rng.range(-2.0, 2.0),
             ],
         );
-        let got = key_frequencies(&acts, 4, n_contexts, 0.85);
+        let got = key_frequencies(DIGITS, &acts, 4, n_contexts, 0.85);
         assert_eq!(got.key, [5]);
         assert_eq!(got.neurons[0].frequency, 5);
         assert_eq!(got.neurons[1].frequency, 5);
@@ -701,6 +867,163 @@ mod tests {
         );
         assert_matches_reference(&got, &acts, n_contexts);
         // A lower threshold lets the mixed neuron's frequency in.
-        assert_eq!(key_frequencies(&acts, 4, n_contexts, 0.5).key, [1, 5]);
+        assert_eq!(
+            key_frequencies(DIGITS, &acts, 4, n_contexts, 0.5).key,
+            [1, 5]
+        );
+    }
+
+    /// Logits of one p×p grid that are exact waves: `sum_f 8 cos(2 pi f (x + y - o) / p)`
+    /// for output `o`, so the answer `(x + y) mod p` has the largest logit.
+    fn modp_wave_logits(p: usize, freqs: &[usize]) -> Vec<f32> {
+        let mut logits = Vec::with_capacity(p * p * p);
+        for x in 0..p {
+            for y in 0..p {
+                for o in 0..p {
+                    let s = (x + y) as f64 - o as f64;
+                    let v: f64 = freqs
+                        .iter()
+                        .map(|&f| 8.0 * (2.0 * PI * f as f64 * s / p as f64).cos())
+                        .sum();
+                    logits.push(v as f32);
+                }
+            }
+        }
+        logits
+    }
+
+    #[test]
+    fn modp_waves_keep_their_loss_restricted_and_give_ln_p_excluded() {
+        let p = 23;
+        let grid = Grid { n: p };
+        let planted = [3, 7];
+        let logits = modp_wave_logits(p, &planted);
+        let targets: Vec<u8> = (0..p * p).map(|g| ((g / p + g % p) % p) as u8).collect();
+        let original = reference_cross_entropy(&logits, p, &targets);
+        assert!(original < 0.05, "the waves solve the task: {original}");
+
+        let restricted = restricted_logits(grid, &logits, p, 1, &planted);
+        assert_all_close(&restricted, &as_f64(&logits), 1e-4);
+        let kept = reference_cross_entropy(&restricted, p, &targets);
+        assert!((kept - original).abs() < 1e-6, "{kept} vs {original}");
+
+        // Removing the planted frequencies leaves the grid mean (0): uniform, loss ln p.
+        let excluded = excluded_logits(grid, &logits, p, 1, &planted);
+        let lost = reference_cross_entropy(&excluded, p, &targets);
+        assert!((lost - (p as f64).ln()).abs() < 1e-6, "{lost}");
+        // Removing one of them leaves the other's answer; removing another changes nothing.
+        let one_left =
+            reference_cross_entropy(&excluded_logits(grid, &logits, p, 1, &[3]), p, &targets);
+        assert!(
+            one_left > original && one_left < (p as f64).ln(),
+            "{one_left}"
+        );
+        let unchanged = excluded_logits(grid, &logits, p, 1, &[5]);
+        assert_all_close(&unchanged, &as_f64(&logits), 1e-4);
+        // The restricted loss on the planted set is the loss of the logits restricted to
+        // nothing but those waves, computed here by plain projection on the two waves.
+        let (_, reference) = {
+            let mut proj = vec![0.0; logits.len()];
+            for o in 0..p {
+                for &f in &planted {
+                    let w = 2.0 * PI * f as f64 / p as f64;
+                    for wave in [f64::cos as fn(f64) -> f64, f64::sin] {
+                        let (mut num, mut den) = (0.0, 0.0);
+                        for g in 0..p * p {
+                            let y = wave(w * (g / p + g % p) as f64);
+                            num += y * logits[g * p + o] as f64;
+                            den += y * y;
+                        }
+                        for g in 0..p * p {
+                            proj[g * p + o] += num / den * wave(w * (g / p + g % p) as f64);
+                        }
+                    }
+                }
+            }
+            ((), proj)
+        };
+        assert_all_close(&restricted, &reference, 1e-4);
+    }
+
+    #[test]
+    fn key_frequencies_recover_planted_frequencies_on_a_p_grid() {
+        let p = 23;
+        let grid = Grid { n: p };
+        let mut rng = SplitMix64::new(18);
+        let w = |f: usize| 2.0 * PI * f as f64 / p as f64;
+        // Neurons planted at frequencies 4, 9 and 11, one noise neuron and one dead neuron.
+        let neuron = |a: f64, b: f64, j: usize, rng: &mut SplitMix64| match j {
+            0 => ((w(4) * a).cos() * (w(4) * b).cos() + 0.5 * (w(4) * (a + b)).sin()).max(-9.0),
+            1 => 2.0 + (w(9) * (a + b)).cos(),
+            2 => (w(11) * a).sin() * (w(11) * b).cos(),
+            3 => rng.range(0.0, 1.0),
+            _ => 0.25,
+        };
+        let mut acts = Vec::new();
+        for a in 0..p {
+            for b in 0..p {
+                for j in 0..5 {
+                    acts.push(neuron(a as f64, b as f64, j, &mut rng) as f32);
+                }
+            }
+        }
+        let got = key_frequencies(grid, &acts, 5, 1, 0.85);
+        assert_eq!(got.key, [4, 9, 11]);
+        for (j, f) in [(0, 4), (1, 9), (2, 11)] {
+            assert_eq!(got.neurons[j].frequency, f);
+            assert!(got.neurons[j].fraction > 1.0 - 1e-9, "{:?}", got.neurons[j]);
+        }
+        assert!(got.neurons[3].fraction < 0.85);
+        assert_eq!(got.neurons[4].fraction, 0.0);
+    }
+
+    #[test]
+    fn gini_matches_the_mean_absolute_difference() {
+        let mut rng = SplitMix64::new(19);
+        let values: Vec<f64> = (0..57).map(|_| rng.range(0.0, 3.0)).collect();
+        let n = values.len() as f64;
+        let mut pairs = 0.0;
+        for x in &values {
+            for y in &values {
+                pairs += (x - y).abs();
+            }
+        }
+        let want = pairs / (2.0 * n * values.iter().sum::<f64>());
+        assert!((gini(&values) - want).abs() < 1e-12);
+        let mut one_hot = vec![0.0; 113];
+        one_hot[7] = 2.5;
+        assert!((gini(&one_hot) - 112.0 / 113.0).abs() < 1e-12);
+        assert_eq!(gini(&[1.0; 10]), 0.0);
+        assert_eq!(gini(&[0.0; 10]), 0.0);
+    }
+
+    #[test]
+    fn embedding_fourier_norms_find_a_planted_wave() {
+        let p = 113;
+        let grid = Grid { n: p };
+        let d_model = 4;
+        // Column 1 is 3 cos(2 pi 5 x / p), column 3 is 2 sin(2 pi 17 x / p); the rest zero.
+        let mut w_e = vec![0.0f32; p * d_model];
+        for x in 0..p {
+            let t = 2.0 * PI * x as f64 / p as f64;
+            w_e[x * d_model + 1] = (3.0 * (5.0 * t).cos()) as f32;
+            w_e[x * d_model + 3] = (2.0 * (17.0 * t).sin()) as f32;
+        }
+        let norms = embedding_fourier_norms(grid, &w_e, d_model);
+        assert_eq!(norms.len(), p);
+        // |3 cos| over p points has norm 3 sqrt(p / 2).
+        let half = (p as f64 / 2.0).sqrt();
+        for (name, norm) in &norms {
+            let want = match name.as_str() {
+                "cos 5" => 3.0 * half,
+                "sin 17" => 2.0 * half,
+                _ => 0.0,
+            };
+            assert!((norm - want).abs() < 1e-4, "{name}: {norm} vs {want}");
+        }
+        // Parseval: the squared norms add up to the embedding's.
+        let total: f64 = w_e.iter().map(|&w| f64::from(w).powi(2)).sum();
+        let parts: f64 = norms.iter().map(|(_, n)| n * n).sum();
+        assert!((total - parts).abs() < 1e-6 * total);
     }
 }

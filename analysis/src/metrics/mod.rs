@@ -3,11 +3,13 @@
 //!
 //! - [`digit`]: per-digit loss, accuracy and the naive-sum lens, from logits and labels;
 //! - [`fourier`]: excluded and restricted loss, key frequencies of the MLP neurons;
+//! - [`grokking`]: the phases of grokking on modular addition, from its curves;
 //! - [`phases`]: plateaus of a loss curve and when it leaves and reaches them;
 //! - [`spike_detection`]: loss spikes in the per-batch training log.
 
 pub mod digit;
 pub mod fourier;
+pub mod grokking;
 pub mod phases;
 pub mod spike_detection;
 

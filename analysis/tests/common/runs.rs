@@ -72,6 +72,7 @@ pub static UNITS_128: Fixture = Fixture {
             n_digits: 5,
             layout: Layout::Prompt,
             targets: vec![0],
+            modp: None,
         };
         config(task, 128, 4, 600)
     },
@@ -87,6 +88,7 @@ pub static HUNDREDS_32: Fixture = Fixture {
             n_digits: 3,
             layout: Layout::Prompt,
             targets: vec![2],
+            modp: None,
         };
         config(task, 32, 2, 300)
     },
@@ -101,6 +103,7 @@ pub static ANSWER_ALL_32: Fixture = Fixture {
             n_digits: 3,
             layout: Layout::Answer,
             targets: vec![0, 1, 2, 3],
+            modp: None,
         };
         config(task, 32, 2, 300)
     },

@@ -40,6 +40,7 @@ fn bad_input_run_without_snapshots() {
         n_digits: 3,
         layout: Layout::Prompt,
         targets: vec![0],
+        modp: None,
     };
     RunDir::create(
         &run,

@@ -18,6 +18,7 @@ fn extended_run_is_analysed_incrementally() {
         n_digits: 3,
         layout: Layout::Prompt,
         targets: vec![1],
+        modp: None,
     };
     train_run(&run, &config(task, 16, 2, 200));
     assert_eq!(snapshot_batches(&run), vec![0, 50, 100, 150, 200]);

@@ -17,7 +17,7 @@ use self::rows::{excluded_loss_rows, key_set_label, loss_rows, naive_lens_rows};
 use crate::activations::{digit_logits, mlp_post_at_prediction};
 use crate::eval_set::{check_eval_memory, EvalSet};
 use crate::metrics::digit::digit_metrics;
-use crate::metrics::fourier::{key_frequencies, KeyFrequencies};
+use crate::metrics::fourier::{key_frequencies, Grid, KeyFrequencies};
 use crate::replay::replay;
 use crate::run::{Run, Selection};
 use crate::table::MetricRows;
@@ -339,6 +339,7 @@ fn find_key_frequencies(
         }
         let acts = mlp_post_at_prediction(&run.cfg, &model, set)?;
         let found: KeyFrequencies = key_frequencies(
+            Grid::DIGITS,
             &acts,
             run.cfg.model.d_mlp,
             set.n_contexts,

@@ -10,7 +10,7 @@ use crate::metrics::digit::DigitMetrics;
 use digitlab::log_softmax::mean_cross_entropy;
 
 use crate::eval_set::EvalSet;
-use crate::metrics::fourier::{excluded_logits, restricted_logits, FREQUENCIES};
+use crate::metrics::fourier::{excluded_logits, restricted_logits, Grid};
 use crate::table::{Key, KeyKind, MetricRows};
 
 /// An analysis computed from the logits of every snapshot.
@@ -130,11 +130,12 @@ pub fn key_set_label(key: &[usize]) -> String {
 
 /// The frequency sets reported: each single frequency, all five, and the key set.
 pub fn frequency_sets(key: &[usize]) -> Vec<(String, Vec<usize>)> {
-    let mut sets: Vec<(String, Vec<usize>)> = FREQUENCIES
+    let frequencies = Grid::DIGITS.frequencies();
+    let mut sets: Vec<(String, Vec<usize>)> = frequencies
         .iter()
         .map(|&f| (f.to_string(), vec![f]))
         .collect();
-    sets.push(("all".into(), FREQUENCIES.to_vec()));
+    sets.push(("all".into(), frequencies));
     sets.push(("key".into(), key.to_vec()));
     sets
 }
@@ -154,8 +155,15 @@ pub fn excluded_loss_rows(
     for (name, freqs) in frequency_sets(key) {
         let keys = [Key::Text(name), Key::Text(key_set_label(key))];
         let loss = |logits: Vec<f32>| mean_cross_entropy(&logits, n_out, &targets);
-        let excluded = loss(excluded_logits(logits, n_out, set.n_contexts, &freqs));
-        let restricted = loss(restricted_logits(logits, n_out, set.n_contexts, &freqs));
+        let grid = Grid::DIGITS;
+        let excluded = loss(excluded_logits(grid, logits, n_out, set.n_contexts, &freqs));
+        let restricted = loss(restricted_logits(
+            grid,
+            logits,
+            n_out,
+            set.n_contexts,
+            &freqs,
+        ));
         rows.push(run, batch, set.digit, &keys, "excluded_loss", excluded);
         rows.push(run, batch, set.digit, &keys, "restricted_loss", restricted);
     }
