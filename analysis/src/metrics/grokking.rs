@@ -34,7 +34,8 @@ pub struct GrokkingPhases {
 pub fn stays_below(curve: &Curve, level: f64, from: u64) -> Option<u64> {
     let mut found = None;
     for &(batch, value) in curve.iter().rev() {
-        if !(value < level) {
+        // A NaN ends the run below `level` as a value above it does.
+        if value.is_nan() || value >= level {
             break;
         }
         if batch >= from {
