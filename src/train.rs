@@ -110,7 +110,7 @@ impl TrainState {
             // The fused step's buffers are read in place: no gradient is copied or allocated.
             let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
             let mut fused = CachedStep::take(cfg, batch.examples)?;
-            let result = fused.run(cfg, &self.params, &batch);
+            let result = fused.run(&self.params, &batch);
             return self.apply_step(cfg, result);
         }
         Ok(self.step_with_grads(cfg)?.0)

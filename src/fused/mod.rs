@@ -161,13 +161,8 @@ impl FusedStep {
 
     /// Forward and backward on `batch` with the weights `params` (all tensors, state-dict
     /// order): loss, logits, targets and gradients of the trained tensors. The batch carries
-    /// its targets (for either task); `_cfg` stays so callers keep one signature.
-    pub fn run(
-        &mut self,
-        _cfg: &TrainConfig,
-        params: &[NamedTensor],
-        batch: &Batch,
-    ) -> &StepResult {
+    /// its targets (for either task), and the shapes were fixed by the config at `new`.
+    pub fn run(&mut self, params: &[NamedTensor], batch: &Batch) -> &StepResult {
         let buf = &mut self.buffers;
         buf.result.targets.clone_from(&batch.targets);
         let weights = Weights::of(params);
@@ -202,9 +197,9 @@ impl CachedStep {
     }
 
     /// [`FusedStep::run`].
-    pub fn run(&mut self, cfg: &TrainConfig, params: &[NamedTensor], batch: &Batch) -> &StepResult {
+    pub fn run(&mut self, params: &[NamedTensor], batch: &Batch) -> &StepResult {
         let (_, step) = self.entry.as_mut().expect("present until dropped");
-        step.run(cfg, params, batch)
+        step.run(params, batch)
     }
 }
 
@@ -222,7 +217,7 @@ pub fn loss_and_grads(
     batch: &Batch,
 ) -> Result<StepResult> {
     let mut step = CachedStep::take(cfg, batch.examples)?;
-    let r = step.run(cfg, params, batch);
+    let r = step.run(params, batch);
     Ok(StepResult {
         loss: r.loss,
         logits: r.logits.clone(),
