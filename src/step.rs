@@ -57,7 +57,10 @@ pub fn eval_loss(cfg: &TrainConfig, params: &[NamedTensor], batch: &Batch) -> Re
     )?;
     let (logits, targets) = forward_logits(cfg, &model, batch, &device)?;
     let logits = logits.flatten_all()?.to_vec1::<f32>()?;
-    Ok(crate::output_stats::digit_losses(&logits, cfg.model.d_vocab_out, &targets, 1)[0])
+    Ok(
+        crate::output_stats::output_stats(&logits, cfg.model.d_vocab_out, &targets, 1).digit_loss
+            [0],
+    )
 }
 
 /// [`loss_and_grads`] through candle's autograd (any layout and depth).

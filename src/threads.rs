@@ -16,10 +16,16 @@ pub fn set_threads(matmul_threads: usize) {
     std::env::set_var("RAYON_NUM_THREADS", matmul_threads.max(1).to_string());
 }
 
-/// Threads for matrix products by model width: a second thread pays off only where the
-/// products are large (measured with `cargo bench --bench train_speed`).
-pub fn default_threads(d_model: usize) -> usize {
-    if d_model >= 256 {
+/// Threads for matrix products by the size of a step: a second thread pays off only where the
+/// products are large (measured with `cargo bench --workspace --bench train_speed`: at d_model
+/// 128 and batch 128 two threads are slower than one; at d_model 512, and for full-batch
+/// modular addition's 3,831 rows at d_model 128, they are 1.6x faster). The measure is the
+/// multiply-adds of the MLP's first product, `rows * d_model * d_mlp`, with `rows` the query
+/// rows of a batch.
+pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {
+    let rows = cfg.batch_size * cfg.task.targets.len();
+    let mlp = rows * cfg.model.d_model * cfg.model.d_mlp;
+    if mlp >= 1 << 25 {
         2
     } else {
         1

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::{Perturbation, TrainConfig};
 use crate::fused::{CachedStep, StepKind};
 use crate::optim::{sum_of_squares, AdamW};
-use crate::output_stats::{digit_losses, output_stats};
+use crate::output_stats::output_stats;
 use crate::resources::MemoryNeed;
 use crate::step::{eval_loss, loss_and_grads, StepResult};
 use crate::task::training_batch;
@@ -136,24 +136,25 @@ impl TrainState {
             }
             _ => None,
         };
-        let stats = output_stats(&result.logits, n_out, &result.targets);
-        let grad_norm = result
-            .grads
-            .iter()
-            .map(|g| sum_of_squares(g))
-            .sum::<f64>()
-            .sqrt();
+        let stats = output_stats(
+            &result.logits,
+            n_out,
+            &result.targets,
+            cfg.task.targets.len(),
+        );
+        // Clipping needs the global gradient norm before the update; without it the norm is
+        // taken from the per-tensor norms the update measures anyway (one pass fewer over
+        // every gradient, 5% of a d_model 512 step).
+        let clip_norm = cfg.optimizer.grad_clip.map(|_| {
+            let sums = result.grads.iter().map(|g| sum_of_squares(g));
+            sums.sum::<f64>().sqrt()
+        });
         let lr = cfg.optimizer.lr_at(self.batch);
         let mut row = LogRow {
             batch: self.batch,
             loss: result.loss,
-            digit_loss: digit_losses(
-                &result.logits,
-                n_out,
-                &result.targets,
-                cfg.task.targets.len(),
-            ),
-            grad_norm: grad_norm as f32,
+            digit_loss: stats.digit_loss,
+            grad_norm: 0.0,
             lr: lr as f32,
             tensors: Vec::new(),
             logsumexp_mean: stats.logsumexp_mean,
@@ -172,15 +173,20 @@ impl TrainState {
                     update_norm: 0.0,
                 })
                 .collect();
+            row.grad_norm = global_grad_norm(&row.tensors);
             return Ok(row);
         }
         let mut weights: Vec<&mut [f32]> = trained(cfg, &mut self.params)
             .map(|p| p.data.as_mut_slice())
             .collect();
-        let scale = cfg.optimizer.clip_scale(grad_norm);
+        let scale = clip_norm.map_or(1.0, |norm| cfg.optimizer.clip_scale(norm));
         row.tensors = self
             .adam
             .update(&cfg.optimizer, lr, &mut weights, &result.grads, scale);
+        row.grad_norm = match clip_norm {
+            Some(norm) => norm as f32,
+            None => global_grad_norm(&row.tensors),
+        };
         self.batch += 1;
         if let Some(p) = cfg.perturbation.as_ref().filter(|p| p.batch == self.batch) {
             self.perturb(cfg, p);
@@ -221,6 +227,12 @@ pub fn new_run(cfg: &TrainConfig, dir: &std::path::Path) -> Result<(RunDir, Trai
     recorded.kernel = Some(cfg.training_kernel());
     let run = RunDir::create(dir, &serde_json::to_value(&recorded)?)?;
     Ok((run, TrainState::new(cfg), empty_log(cfg)))
+}
+
+/// The norm of all gradients together, from each tensor's gradient norm.
+fn global_grad_norm(tensors: &[digitlab_snapshots::TensorStats]) -> f32 {
+    let squares = tensors.iter().map(|t| f64::from(t.grad_norm).powi(2));
+    squares.sum::<f64>().sqrt() as f32
 }
 
 /// The log of a run before its first batch: the trained digits and tensors, no rows.
@@ -288,7 +300,6 @@ pub fn resume_run(
     Ok((cfg, run, state, log))
 }
 
-/// Refuse a run whose memory estimate exceeds what the machine can give.
 /// The checks a new run passes before anything is written: the config is valid and its memory
 /// estimate fits the machine (`train --check` runs exactly these).
 pub fn check_config(cfg: &TrainConfig) -> Result<()> {

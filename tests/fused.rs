@@ -1,7 +1,8 @@
 //! The fused training step against candle's autograd: the loss, the logits and every gradient
 //! to 1e-5 relative on shapes that stress its indexing (d_head 1, one head, 128 heads, odd
-//! sizes, nonzero untrained biases; the prompt layout, and the answer layout with all digits
-//! and with a subset); a 500-batch run that follows the candle run's loss curve; the same bytes
+//! sizes, rows in several parallel blocks, nonzero untrained biases; the prompt layout, and
+//! the answer layout with all digits and with a subset); 500-batch runs in both layouts that
+//! follow the candle run's loss curve; the same bytes
 //! at one and two threads and across a checkpoint in both layouts; and the kernel recorded in
 //! `config.json`.
 
@@ -116,6 +117,7 @@ fn fused_step_matches_candle_autograd_on_many_shapes() {
         (5, 128, 128, 64, 12, 8), // 128 heads of one dimension
         (2, 15, 3, 37, 13, 7),    // odd sizes everywhere
         (1, 5, 5, 3, 10, 1),      // one example, one digit
+        (2, 16, 2, 24, 12, 600),  // rows in several parallel blocks
     ];
     for (n, d_model, n_heads, d_mlp, d_out, batch) in shapes {
         compare_on(&shaped(prompt(n), d_model, n_heads, d_mlp, d_out, batch));
@@ -134,6 +136,7 @@ fn answer_layout_fused_step_matches_candle_autograd() {
         (answer(2, vec![0]), 24, 1, 96, 12, 9),              // one head, the last query
         (answer(4, vec![0, 2, 3]), 15, 3, 37, 13, 7),        // odd sizes
         (answer(1, vec![0, 1]), 5, 5, 3, 10, 1),             // one example
+        (answer(2, vec![0, 1, 2]), 16, 2, 24, 12, 200),      // 600 rows, several blocks
     ];
     for (task, d_model, n_heads, d_mlp, d_out, batch) in shapes {
         compare_on(&shaped(task, d_model, n_heads, d_mlp, d_out, batch));
@@ -160,37 +163,64 @@ fn shaped(
 
 #[test]
 fn five_hundred_batches_follow_the_candle_loss_curve() {
-    let cfg = TrainConfig::default_for(prompt(5), 128, 4);
+    follows_the_candle_loss_curve(&TrainConfig::default_for(prompt(5), 128, 4));
+}
+
+/// All six digits at once, teacher-forced; a narrower model so that candle's pass over the
+/// whole sequence stays quick in a debug build.
+#[test]
+fn five_hundred_answer_layout_batches_follow_the_candle_loss_curve() {
+    let task = answer(5, (0..=5).collect());
+    follows_the_candle_loss_curve(&TrainConfig::default_for(task, 64, 4));
+}
+
+fn follows_the_candle_loss_curve(cfg: &TrainConfig) {
     let run = |step| {
-        let cfg = with_kernel(&cfg, step);
+        let cfg = with_kernel(cfg, step);
         let mut state = TrainState::new(&cfg);
         (0..500)
             .map(|_| state.step(&cfg).unwrap().loss)
             .collect::<Vec<f32>>()
     };
     let (fused, candle) = (run(StepKind::Fused), run(StepKind::Candle));
-    assert!(
-        candle[499] < 0.5 * candle[0],
-        "the run should learn: {candle:?}"
-    );
-    // The two sum in different orders. Early on the curves agree to float rounding; during
-    // the steep drop of the loss those differences grow (about 1% on single batches), so
-    // there the curve is compared as means over 50 batches, to 2% or 0.001.
-    for (b, (f, c)) in fused.iter().zip(&candle).enumerate().take(100) {
+    let (start, end) = (candle[0], mean(&candle[450..]));
+    assert!(end < 0.7 * start, "the run should learn: {candle:?}");
+    // The two sum in different orders. For the first 50 batches the curves agree to float
+    // rounding. Later, AdamW divides tiny gradients by their tiny running scale, which turns
+    // rounding differences into visible ones, and where the loss leaves its ln 10 plateau
+    // (a symmetry breaking) they move the start of the drop by a few batches. So the curve
+    // is compared by when it falls: the batch where its 10-batch mean first passes a quarter,
+    // half and three quarters of the way down, within 25 batches, and its level at the end.
+    for (b, (f, c)) in fused.iter().zip(&candle).enumerate().take(50) {
         assert!(
-            (f - c).abs() <= 1e-4 * c,
+            (f - c).abs() <= 1e-5 * c,
             "batch {b}: fused loss {f} vs candle {c}"
         );
     }
-    for (w, (f, c)) in fused.chunks(50).zip(candle.chunks(50)).enumerate() {
-        let (f, c) = (f.iter().sum::<f32>() / 50.0, c.iter().sum::<f32>() / 50.0);
-        let b = 50 * w;
+    for way_down in [0.25, 0.5, 0.75] {
+        let level = start - way_down * (start - end);
+        let (f, c) = (first_below(&fused, level), first_below(&candle, level));
         assert!(
-            (f - c).abs() <= 2e-2 * c + 1e-3,
-            "batches {b}..{}: mean fused loss {f} vs candle {c}",
-            b + 50
+            f.abs_diff(c) <= 25,
+            "{way_down} of the way down ({level}): fused at batch {f}, candle at {c}"
         );
     }
+    let fused_end = mean(&fused[450..]);
+    assert!(
+        (fused_end - end).abs() <= 0.25 * end,
+        "mean loss over the last 50 batches: fused {fused_end} vs candle {end}"
+    );
+}
+
+fn mean(x: &[f32]) -> f32 {
+    x.iter().sum::<f32>() / x.len() as f32
+}
+
+/// The first batch whose 10-batch mean (ending there) is below `level` (the length if none).
+fn first_below(curve: &[f32], level: f32) -> usize {
+    (10..=curve.len())
+        .find(|&end| mean(&curve[end - 10..end]) < level)
+        .unwrap_or(curve.len())
 }
 
 fn bits(state: &TrainState) -> Vec<u32> {

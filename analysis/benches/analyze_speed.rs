@@ -69,9 +69,9 @@ fn ensure_runs(base: &Path) -> (PathBuf, PathBuf) {
     let _ = std::fs::remove_dir_all(&short);
     let _ = std::fs::remove_dir_all(&long);
     std::fs::create_dir_all(base).unwrap();
-    digitlab::threads::set_threads(digitlab::threads::default_threads(128));
-    let start = Instant::now();
     let cfg = config(2500);
+    digitlab::threads::set_threads(digitlab::threads::default_threads(&cfg));
+    let start = Instant::now();
     let (run, state, log) = new_run(&cfg, &short).unwrap();
     println!("training {} (2500 batches) ...", short.display());
     train(&cfg, run, state, log, false).unwrap();

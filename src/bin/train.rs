@@ -183,7 +183,7 @@ fn run(args: Args) -> std::result::Result<(), Failure> {
     let (cfg, run, state, log) = prepared.map_err(refused)?;
     let (threads, note) = match requested {
         Some(checked) => checked,
-        None => bounded_threads(default_threads(cfg.model.d_model)).map_err(refused)?,
+        None => bounded_threads(default_threads(&cfg)).map_err(refused)?,
     };
     if let Some(note) = note {
         eprintln!("note: {note}");

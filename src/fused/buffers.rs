@@ -65,46 +65,54 @@ impl Shapes {
     }
 }
 
+/// Rows of one block of the attention loops: blocks run in parallel, each accumulating its
+/// rows' share of the table gradients into its own partial tables, which are then added in
+/// block order. Fixed by position, not by thread count, so the sums (and the bytes of a run)
+/// do not depend on the number of threads.
+pub const BLOCK_ROWS: usize = 256;
+
 /// Activations of the forward pass and their gradients. `row` is a query row (example, query
-/// position; see [`Shapes::rows`]). Per-head score and weight matrices are `[head, row, table
-/// row]`, so each head's block is one contiguous matrix.
+/// position; see [`Shapes::rows`]).
 pub struct Buffers {
-    /// The residual stream at the query positions before attention, `[row, d_model]`.
-    pub x: Vec<f32>,
-    /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what keys and values are read from.
+    /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what queries, keys and values are
+    /// read from.
     pub table_in: Vec<f32>,
-    /// Scaled queries, `[row, head * d_head]`.
-    pub q: Vec<f32>,
-    /// Key and value tables, `[table row, head * d_head]`, biases on the token rows.
+    /// Query, key and value tables, `[table row, head * d_head]`, biases on the token rows;
+    /// the query table is scaled by `1 / sqrt(d_head)`. A query (key, value) is the sum of its
+    /// token's row and its position's row.
+    pub query_table: Vec<f32>,
     pub key_table: Vec<f32>,
     pub value_table: Vec<f32>,
-    /// Query-key products with every table row, `[head, row, table row]`.
-    pub table_scores: Vec<f32>,
+    /// Scaled queries, `[row, head * d_head]`.
+    pub q: Vec<f32>,
     /// Attention pattern at the query positions, `[row, head, pos]`, zero past the query.
     pub pattern: Vec<f32>,
-    /// Attention mass per table row (token rows summed over the positions holding the token),
-    /// `[head, row, table row]`.
-    pub table_weights: Vec<f32>,
     /// Attention result before W_O, `[row, head * d_head]`.
     pub z: Vec<f32>,
     pub resid_mid: Vec<f32>,
-    /// MLP pre-activation, then (backward) its gradient, `[row, d_mlp]`.
+    /// MLP pre-activation, `[row, d_mlp]`.
     pub pre: Vec<f32>,
+    /// MLP post-activation, then (backward) the gradient of its pre-activation.
     pub post: Vec<f32>,
     pub resid_post: Vec<f32>,
+    /// Each row's cross-entropy, summed in row order into the loss.
+    pub row_loss: Vec<f64>,
     /// Gradient of the loss with respect to the logits, `[row, d_vocab_out]`.
     pub d_logits: Vec<f32>,
     pub d_resid_post: Vec<f32>,
     pub d_resid_mid: Vec<f32>,
     pub d_z: Vec<f32>,
-    pub d_table_weights: Vec<f32>,
-    pub d_table_scores: Vec<f32>,
+    /// Gradient of the attention scores, `[row, head, pos]`.
+    pub d_scores: Vec<f32>,
+    /// Gradient of the scaled queries, `[row, head * d_head]`.
     pub d_q: Vec<f32>,
+    /// Per block of [`BLOCK_ROWS`] rows, its partial gradients of the query, key and value
+    /// tables, `[block, 3, table row, head * d_head]`.
+    pub d_table_partials: Vec<f32>,
+    pub d_query_table: Vec<f32>,
     pub d_key_table: Vec<f32>,
     pub d_value_table: Vec<f32>,
     pub d_table_in: Vec<f32>,
-    /// Gradient of the residual stream at the query positions, `[row, d_model]`.
-    pub d_x: Vec<f32>,
     /// Loss, logits `[row, d_vocab_out]`, targets and gradients, as the training loop reads
     /// them.
     pub result: StepResult,
@@ -115,14 +123,12 @@ impl Buffers {
     /// gradients).
     pub fn bytes(&self) -> usize {
         let activations = [
-            &self.x,
             &self.table_in,
-            &self.q,
+            &self.query_table,
             &self.key_table,
             &self.value_table,
-            &self.table_scores,
+            &self.q,
             &self.pattern,
-            &self.table_weights,
             &self.z,
             &self.resid_mid,
             &self.pre,
@@ -132,50 +138,49 @@ impl Buffers {
             &self.d_resid_post,
             &self.d_resid_mid,
             &self.d_z,
-            &self.d_table_weights,
-            &self.d_table_scores,
+            &self.d_scores,
             &self.d_q,
+            &self.d_table_partials,
+            &self.d_query_table,
             &self.d_key_table,
             &self.d_value_table,
             &self.d_table_in,
-            &self.d_x,
             &self.result.logits,
         ];
         let floats: usize = activations.iter().map(|v| v.len()).sum::<usize>()
             + self.result.grads.iter().map(Vec::len).sum::<usize>();
-        4 * (floats + self.result.targets.len())
+        4 * (floats + self.result.targets.len()) + 8 * self.row_loss.len()
     }
 
     /// Zeroed buffers for `s`; `grad_sizes` in the trained-tensor order of the config.
     pub fn new(s: &Shapes, grad_sizes: &[usize]) -> Buffers {
         let z = |n: usize| vec![0f32; n];
-        let (b, d, r, m) = (s.rows(), s.d_model, s.table_rows(), s.d_mlp);
-        let per_head = s.n_heads * b * r;
+        let (b, d, r, m, qkv) = (s.rows(), s.d_model, s.table_rows(), s.d_mlp, s.qkv());
+        let per_pos = b * s.n_heads * s.pos;
         Buffers {
-            x: z(b * d),
             table_in: z(r * d),
-            q: z(b * s.qkv()),
-            key_table: z(r * s.qkv()),
-            value_table: z(r * s.qkv()),
-            table_scores: z(per_head),
-            pattern: z(b * s.n_heads * s.pos),
-            table_weights: z(per_head),
-            z: z(b * s.qkv()),
+            query_table: z(r * qkv),
+            key_table: z(r * qkv),
+            value_table: z(r * qkv),
+            q: z(b * qkv),
+            pattern: z(per_pos),
+            z: z(b * qkv),
             resid_mid: z(b * d),
             pre: z(b * m),
             post: z(b * m),
             resid_post: z(b * d),
+            row_loss: vec![0.0; b],
             d_logits: z(b * s.d_vocab_out),
             d_resid_post: z(b * d),
             d_resid_mid: z(b * d),
-            d_z: z(b * s.qkv()),
-            d_table_weights: z(per_head),
-            d_table_scores: z(per_head),
-            d_q: z(b * s.qkv()),
-            d_key_table: z(r * s.qkv()),
-            d_value_table: z(r * s.qkv()),
+            d_z: z(b * qkv),
+            d_scores: z(per_pos),
+            d_q: z(b * qkv),
+            d_table_partials: z(b.div_ceil(BLOCK_ROWS) * 3 * r * qkv),
+            d_query_table: z(r * qkv),
+            d_key_table: z(r * qkv),
+            d_value_table: z(r * qkv),
             d_table_in: z(r * d),
-            d_x: z(b * d),
             result: StepResult {
                 loss: 0.0,
                 logits: z(b * s.d_vocab_out),

@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use digitlab::modp::ModpTask;
-use digitlab::output_stats::digit_losses;
+use digitlab::output_stats::output_stats;
 use digitlab_snapshots::write_parquet_atomic;
 use polars::df;
 
@@ -93,7 +93,7 @@ pub fn run_grokking(run: &Run, options: &EvalOptions) -> Result<(Vec<String>, Gr
             picked.extend_from_slice(&logits[g * p..(g + 1) * p]);
             targets.push(all.targets[g]);
         }
-        f64::from(digit_losses(&picked, p, &targets, 1)[0])
+        f64::from(output_stats(&picked, p, &targets, 1).digit_loss[0])
     };
     let every: Vec<usize> = (0..p * p).collect();
     let replayed = replay(

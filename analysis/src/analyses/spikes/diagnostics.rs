@@ -102,7 +102,7 @@ pub(super) fn internals_rows(
         .flatten_all()?
         .to_vec1::<f32>()?;
     let targets: Vec<u32> = set.labels.iter().map(|l| u32::from(l.true_digit)).collect();
-    let stats = output_stats(&logits, cfg.model.d_vocab_out, &targets);
+    let stats = output_stats(&logits, cfg.model.d_vocab_out, &targets, 1);
     push("logsumexp_mean", None, stats.logsumexp_mean);
     push("saturated_fraction", None, stats.saturated_fraction);
     let at_position = |hook| -> Result<Tensor> {
