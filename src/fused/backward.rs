@@ -87,10 +87,9 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         .par_chunks_mut(1 << 14)
         .zip(pre.par_chunks(1 << 14))
         .for_each(|(d_pre, pre)| {
+            // A select, not a branch, so that the loop vectorises.
             for (g, &p) in d_pre.iter_mut().zip(pre) {
-                if p < 0.0 {
-                    *g = 0.0;
-                }
+                *g = if p < 0.0 { 0.0 } else { *g };
             }
         });
     column_sums(gb_in, d_pre);
