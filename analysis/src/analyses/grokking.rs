@@ -22,7 +22,7 @@ use crate::metrics::fourier::{
     embedding_fourier_norms, excluded_logits, gini, key_frequencies, restricted_logits, Grid,
     KeyFrequencies,
 };
-use crate::metrics::grokking::{grokking_phases, GrokkingPhases};
+use crate::metrics::grokking::{grokking_phases, GrokkingPhases, DEFAULT_MAX_EXCURSION_BATCHES};
 use crate::replay::replay;
 use crate::report::figure::{Axis, Band, Figure, Level, Style, Trace};
 use crate::report::png::figure_png;
@@ -182,7 +182,14 @@ pub fn run_grokking(run: &Run, options: &EvalOptions) -> Result<(Vec<String>, Gr
     let curve = |i: usize| -> Vec<(u64, f64)> {
         replayed.results.iter().map(|(b, v)| (*b, v[i])).collect()
     };
-    let phases = grokking_phases(p, &curve(0), &curve(1), &curve(3), &curve(2));
+    let phases = grokking_phases(
+        p,
+        &curve(0),
+        &curve(1),
+        &curve(3),
+        &curve(2),
+        DEFAULT_MAX_EXCURSION_BATCHES,
+    );
     let last = replayed.results.last().map_or(0, |(b, _)| *b);
     let first = replayed.results.first().map_or(0, |(b, _)| *b);
     let named = [
@@ -199,6 +206,7 @@ pub fn run_grokking(run: &Run, options: &EvalOptions) -> Result<(Vec<String>, Gr
         "restricted_loss_falls_batch" => vec![opt(phases.restricted_falls); 3],
         "excluded_loss_peak_batch" => vec![opt(phases.excluded_peak); 3],
         "last_batch" => vec![last as i64; 3],
+        "max_excursion_batches" => vec![DEFAULT_MAX_EXCURSION_BATCHES as i64; 3],
     )?;
     let path = run.dir.analysis_path("grokking_phases");
     write_parquet_atomic(&path, &mut table)?;
