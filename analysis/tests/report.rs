@@ -3,9 +3,10 @@
 //! against its size budget and its single copy of plotly.js, the PNGs by decoding them, and
 //! bad input through the `analyze` binary as a user meets it.
 //!
-//! Two kinds of runs: a synthetic 50 000-batch run whose tables are written here (a long log
-//! with a known spike, without training for minutes), and a real short run trained in-process
-//! and analysed by the binary. The browser tests are in tests/python/test_report_browser.py.
+//! Three kinds of runs: a synthetic 50 000-batch run whose tables are written here (a long log
+//! with a known spike, without training for minutes), a real short run trained in-process
+//! and analysed by the binary, and a real short modular-addition run whose page is checked
+//! against `grokking.parquet`. The browser tests are in tests/python/test_report_browser.py.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -481,31 +482,34 @@ fn nothing_to_show_exits_2_and_writes_no_report() {
     assert!(stderr(&out).contains("holds no runs"), "{}", stderr(&out));
     assert!(!empty.join("report.html").exists());
 
-    // A run with no snapshots, no log and no analyses (created, never trained).
-    let fresh = scratch("fresh").join("run");
-    let cfg = serde_json::to_value(TrainConfig::default_for(
-        TaskConfig {
-            n_digits: 2,
-            layout: Layout::Prompt,
-            targets: vec![0],
-            modp: None,
-        },
-        8,
-        1,
-    ))
-    .unwrap();
-    digitlab_snapshots::RunDir::create(&fresh, &cfg).unwrap();
-    let out = analyze(&["report", s(&fresh), "-q"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("nothing to show"), "{}", stderr(&out));
-    assert!(!fresh.join("report.html").exists());
-    assert!(
-        !fresh.join("figures").exists()
-            || std::fs::read_dir(fresh.join("figures"))
-                .unwrap()
-                .next()
-                .is_none()
-    );
+    // A run with no snapshots, no log and no analyses (created, never trained), of either
+    // task (a modular-addition run's analyses are `analyze grokking`'s).
+    let digits = TaskConfig {
+        n_digits: 2,
+        layout: Layout::Prompt,
+        targets: vec![0],
+        modp: None,
+    };
+    for (name, task) in [
+        ("fresh", digits),
+        ("fresh-modp", TaskConfig::modp(23, 0.5, 50)),
+    ] {
+        let fresh = scratch(name).join("run");
+        let cfg = serde_json::to_value(TrainConfig::default_for(task, 8, 1)).unwrap();
+        digitlab_snapshots::RunDir::create(&fresh, &cfg).unwrap();
+        let out = analyze(&["report", s(&fresh), "-q"]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        assert!(stderr(&out).contains("nothing to show"), "{}", stderr(&out));
+        assert!(!fresh.join("report.html").exists(), "{name}");
+        assert!(
+            !fresh.join("figures").exists()
+                || std::fs::read_dir(fresh.join("figures"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "{name}"
+        );
+    }
 
     // Not a folder at all.
     let out = analyze(&["report", s(&empty.join("missing")), "-q"]);
@@ -553,5 +557,145 @@ fn a_sweep_with_a_failed_point_shows_its_runs_and_marks_the_failure() {
     assert!(html.contains("No final-loss heatmap"));
     for f in &figures {
         check_png(&sweep.join(format!("figures/{}.png", f["id"].as_str().unwrap())));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real short modular-addition run, analysed (`analyze grokking`) and reported by the binary
+// ---------------------------------------------------------------------------------------------
+
+/// `(batch, value)` of one metric of `grokking.parquet`, by a plain loop over its rows.
+fn grokking_rows(table: &DataFrame, metric: &str) -> Vec<(f64, f64)> {
+    let metrics = texts(table, "metric");
+    let batch = table.column("batch").unwrap().i64().unwrap();
+    let value = table.column("value").unwrap().f64().unwrap();
+    let mut rows = Vec::new();
+    for (i, m) in metrics.iter().enumerate() {
+        if m.as_deref() == Some(metric) {
+            rows.push((batch.get(i).unwrap() as f64, value.get(i).unwrap()));
+        }
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    rows
+}
+
+#[test]
+fn the_report_of_a_modp_run_draws_grokking_parquet_with_its_phases() {
+    digitlab::threads::set_threads(1);
+    let dir = scratch("modp").join("m23");
+    let mut cfg = TrainConfig::default_for(TaskConfig::modp(23, 0.5, 50), 32, 4);
+    (cfg.steps, cfg.snapshot_every, cfg.checkpoint_every) = (300, 50, 100);
+    let (run, state, log) = new_run(&cfg, &dir).unwrap();
+    train(&cfg, run, state, log, false).unwrap();
+    // `analyze report` runs `analyze grokking` first, as it runs the digit analyses.
+    let out = analyze(&["report", s(&dir), "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let figures = page_figures(&html);
+    let table = |name: &str| read_parquet(&dir.join(format!("analysis/{name}.parquet"))).unwrap();
+    let grokking = table("grokking");
+
+    // The losses: one trace per loss metric, every snapshot with a positive loss, on a log axis.
+    let losses = figure(&figures, "grokking");
+    assert_eq!(losses["layout"]["yaxis"]["type"], "log");
+    let names: Vec<&str> = traces(losses)
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "train loss",
+            "test loss",
+            "excluded loss (train set)",
+            "restricted loss (all pairs)"
+        ]
+    );
+    for (trace, metric) in traces(losses).iter().zip([
+        "train_loss",
+        "test_loss",
+        "excluded_loss",
+        "restricted_loss",
+    ]) {
+        let want: Vec<(f64, f64)> = grokking_rows(&grokking, metric)
+            .into_iter()
+            .filter(|(_, v)| *v > 0.0)
+            .collect();
+        assert_eq!(want.len(), 7, "{metric}: snapshots 0, 50, ..., 300");
+        let got: Vec<(f64, f64)> = numbers(&trace["x"])
+            .into_iter()
+            .zip(numbers(&trace["y"]))
+            .collect();
+        assert_eq!(got.len(), want.len(), "{metric}");
+        for ((gb, gv), (wb, wv)) in got.iter().zip(&want) {
+            assert_eq!(gb, wb, "{metric}");
+            assert!(
+                (gv - wv).abs() <= 1e-6 * wv.abs(),
+                "{metric} at {wb}: {gv} vs {wv}"
+            );
+        }
+    }
+    // The Gini coefficient and the sum of squared weights, one trace each, on linear axes.
+    for metric in ["embedding_gini", "sum_squared_weights"] {
+        let fig = figure(&figures, metric);
+        assert_eq!(fig["layout"]["yaxis"]["type"], "-", "{metric}");
+        assert_eq!(traces(fig).len(), 1, "{metric}");
+        let want = grokking_rows(&grokking, metric);
+        assert_eq!(numbers(&traces(fig)[0]["y"]).len(), want.len(), "{metric}");
+        let first = numbers(&traces(fig)[0]["y"])[0];
+        assert!(
+            (first - want[0].1).abs() <= 1e-6 * want[0].1.abs(),
+            "{metric}"
+        );
+    }
+
+    // The phases shaded as the table of `analyze grokking` dates them: one band per started
+    // phase, an unfinished one running to the last snapshot.
+    let phases = table("grokking_phases");
+    let start = phases.column("start_batch").unwrap().i64().unwrap().clone();
+    let end = phases.column("end_batch").unwrap().i64().unwrap().clone();
+    let last = phases.column("last_batch").unwrap().i64().unwrap().clone();
+    let mut want_bands = Vec::new();
+    for i in 0..phases.height() {
+        if let Some(from) = start.get(i) {
+            want_bands.push((
+                from as f64,
+                end.get(i).unwrap_or(last.get(i).unwrap()) as f64,
+            ));
+        }
+    }
+    for id in ["grokking", "embedding_gini", "sum_squared_weights"] {
+        let bands: Vec<(f64, f64)> = figure(&figures, id)["layout"]["shapes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["type"] == "rect")
+            .map(|s| (s["x0"].as_f64().unwrap(), s["x1"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(bands, want_bands, "{id}");
+    }
+    assert!(
+        !want_bands.is_empty(),
+        "memorisation starts at the first snapshot"
+    );
+
+    // Key frequencies: one trace per dominant frequency of the neurons.
+    let kf = table("key_frequencies");
+    let freqs: BTreeSet<String> = texts(&kf, "frequency").into_iter().flatten().collect();
+    let keys = figure(&figures, "key_frequencies_d0");
+    assert_eq!(traces(keys).len(), freqs.len());
+    assert!(keys["layout"]["title"]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("Addition mod 23:"));
+
+    // The header names the task and the phases in words; the digit tables are not asked for.
+    assert!(html.contains("addition mod 23"), "task fact");
+    assert!(html.contains("Phases: memorisation ends at"));
+    assert!(!html.contains("loss.parquet does not exist"));
+    assert!(!figures.iter().any(|f| f["id"] == "loss"));
+    for f in &figures {
+        check_png(&dir.join(format!("figures/{}.png", f["id"].as_str().unwrap())));
     }
 }

@@ -9,7 +9,9 @@ folder of runs, and checks:
 - hovering a point of the training-loss curve with the mouse shows that batch's value from
   train_log.parquet;
 - a screenshot is not blank;
-- on the sweep page, choosing another colour option recolours the curves.
+- on the sweep page, choosing another colour option recolours the curves;
+- a modular-addition run's page draws the four losses of grokking.parquet on a log axis, the
+  Gini coefficient and the sum of squared weights, and shades the phases.
 
 Needs `apt-get install chromium chromium-driver fonts-dejavu-core`, `pip install selenium
 pillow` and the debug `train` and `analyze` binaries ($DIGITLAB_TARGET_DIR/debug, by default
@@ -260,4 +262,43 @@ def test_sweep_page_overlays_every_run_and_recolours_on_demand(reports, driver):
     Select(driver.find_element(By.ID, "color-by")).select_by_visible_text("run")
     assert len(set(colors())) == len(runs)
     assert_no_js_errors(driver)
+    assert_screenshot_not_blank(driver)
+
+
+@pytest.fixture(scope="module")
+def modp_report(tmp_path_factory):
+    """A real short modular-addition run (p 23, 300 epochs), reported."""
+    skip_if_no_browser()
+    for binary in (TRAIN, ANALYZE):
+        assert binary.exists(), f"{binary} missing: run `cargo build --bin train --bin analyze` first"
+    run_dir = tmp_path_factory.mktemp("report-modp") / "m23"
+    run([TRAIN, "-q", "--task", "modp", "--p", "23", "--train-fraction", "0.5", "--d-model", "32",
+         "--steps", "300", "--snapshot-every", "50", run_dir])
+    run([ANALYZE, "report", run_dir, "-q"])
+    return run_dir
+
+
+def test_modp_page_draws_the_grokking_measures_with_the_phases(modp_report, driver):
+    load(driver, modp_report / "report.html")
+    assert_no_js_errors(driver)
+    figs = figures(driver)
+    for fid, f in figs.items():
+        assert f["svg"], f"{fid} not drawn"
+        assert f["scatter_drawn"] == f["scatter_visible"], (fid, f)
+    grokking = table(modp_report, "grokking")
+    losses = ["train_loss", "test_loss", "excluded_loss", "restricted_loss"]
+    drawable = grokking.filter(pl.col("metric").is_in(losses) & (pl.col("value") > 0))
+    assert figs["grokking"]["traces"] == drawable["metric"].n_unique() == 4
+    assert figs["grokking"]["y"] == "log"
+    for fid in ["embedding_gini", "sum_squared_weights"]:
+        assert figs[fid]["traces"] == 1 and figs[fid]["y"] == "linear", fid
+    freqs = table(modp_report, "key_frequencies")["frequency"].unique()
+    assert figs["key_frequencies_d0"]["traces"] == len(freqs)
+    # One shaded band per phase that started, as grokking_phases.parquet dates them.
+    started = table(modp_report, "grokking_phases")["start_batch"].drop_nulls().len()
+    rects = driver.execute_script("""
+        return document.getElementById('grokking')._fullLayout.shapes
+          .filter(s => s.type === 'rect').length;""")
+    assert rects == started > 0
+    assert "loss" not in figs, "no digit loss figure on a modular-addition page"
     assert_screenshot_not_blank(driver)

@@ -22,9 +22,9 @@ use crate::metrics::fourier::{
     embedding_fourier_norms, excluded_logits, gini, key_frequencies, restricted_logits, Grid,
     KeyFrequencies,
 };
-use crate::metrics::grokking::{grokking_phases, GrokkingPhases};
+use crate::metrics::grokking::{grokking_phases, GrokkingPhases, DEFAULT_MAX_EXCURSION_BATCHES};
 use crate::replay::replay;
-use crate::report::figure::{Axis, Band, Figure, Level, Style, Trace};
+use crate::report::grokking_page::grokking_figures;
 use crate::report::png::figure_png;
 use crate::run::Run;
 use crate::table::{Key, KeyKind, MetricRows};
@@ -149,7 +149,8 @@ pub fn run_grokking(run: &Run, options: &EvalOptions) -> Result<(Vec<String>, Gr
     }
     let mut lines = Vec::new();
     let path = run.dir.analysis_path("grokking");
-    write_parquet_atomic(&path, &mut rows.into_dataframe()?)?;
+    let mut grokking = rows.into_dataframe()?;
+    write_parquet_atomic(&path, &mut grokking)?;
     lines.push(format!(
         "grokking -> {} ({} snapshots, key frequencies {})",
         path.display(),
@@ -182,7 +183,14 @@ pub fn run_grokking(run: &Run, options: &EvalOptions) -> Result<(Vec<String>, Gr
     let curve = |i: usize| -> Vec<(u64, f64)> {
         replayed.results.iter().map(|(b, v)| (*b, v[i])).collect()
     };
-    let phases = grokking_phases(p, &curve(0), &curve(1), &curve(3), &curve(2));
+    let phases = grokking_phases(
+        p,
+        &curve(0),
+        &curve(1),
+        &curve(3),
+        &curve(2),
+        DEFAULT_MAX_EXCURSION_BATCHES,
+    );
     let last = replayed.results.last().map_or(0, |(b, _)| *b);
     let first = replayed.results.first().map_or(0, |(b, _)| *b);
     let named = [
@@ -199,64 +207,25 @@ pub fn run_grokking(run: &Run, options: &EvalOptions) -> Result<(Vec<String>, Gr
         "restricted_loss_falls_batch" => vec![opt(phases.restricted_falls); 3],
         "excluded_loss_peak_batch" => vec![opt(phases.excluded_peak); 3],
         "last_batch" => vec![last as i64; 3],
+        "max_excursion_batches" => vec![DEFAULT_MAX_EXCURSION_BATCHES as i64; 3],
     )?;
     let path = run.dir.analysis_path("grokking_phases");
     write_parquet_atomic(&path, &mut table)?;
     lines.push(format!("grokking phases -> {}", path.display()));
 
-    let png = run
-        .dir
-        .root()
-        .join(crate::report::FIGURES_DIR)
-        .join("grokking.png");
-    let figure = grokking_figure(p, &replayed.results, &named, last);
-    std::fs::create_dir_all(png.parent().expect("has a folder"))?;
-    digitlab_snapshots::write_atomic(&png, &figure_png(&figure)?)?;
-    lines.push(format!("figure -> {}", png.display()));
-    Ok((lines, phases))
-}
-
-/// The losses of `grokking.parquet` on a log scale with the phases shaded, as the report
-/// draws its figures (the same plotters code).
-fn grokking_figure(
-    p: usize,
-    results: &[(u64, [f64; 6])],
-    phases: &[(&str, Option<u64>, Option<u64>)],
-    last: u64,
-) -> Figure {
-    let mut figure = Figure::new(
-        "grokking",
-        format!("Addition mod {p}: when does it memorise, form the circuit, clean up?"),
-        Axis::linear("epoch"),
-        Axis::log("loss (nats)"),
-    );
-    let batches: Vec<f64> = results.iter().map(|(b, _)| *b as f64).collect();
-    for (i, name) in [
-        (0, "train loss"),
-        (1, "test loss"),
-        (2, "excluded loss (train)"),
-        (3, "restricted loss"),
-    ] {
-        let values = results.iter().map(|(_, v)| v[i].max(1e-12)).collect();
-        figure
-            .traces
-            .push(Trace::series(name, Style::Line, batches.clone(), values));
+    // The report's figure of these tables, so that the PNG and the page agree.
+    let figures = grokking_figures(p, &grokking, Some(&table));
+    if let Some(figure) = figures.iter().find(|f| f.id == "grokking") {
+        let png = run
+            .dir
+            .root()
+            .join(crate::report::FIGURES_DIR)
+            .join("grokking.png");
+        std::fs::create_dir_all(png.parent().expect("has a folder"))?;
+        digitlab_snapshots::write_atomic(&png, &figure_png(figure)?)?;
+        lines.push(format!("figure -> {}", png.display()));
     }
-    figure.bands = phases
-        .iter()
-        .filter_map(|&(name, from, to)| {
-            Some(Band {
-                from: from? as f64,
-                to: to.unwrap_or(last) as f64,
-                label: name.replace('_', " "),
-            })
-        })
-        .collect();
-    figure.levels.push(Level {
-        value: (p as f64).ln(),
-        label: "ln p".into(),
-    });
-    figure
+    Ok((lines, phases))
 }
 
 #[cfg(test)]

@@ -311,7 +311,11 @@ fn report(args: &ReportArgs) -> Result<()> {
             ..args.analyses
         };
         let all = Run::open(run).and_then(|r| {
-            refuse_modp(&r)?;
+            if r.cfg.task.modp.is_some() {
+                let _lock = r.dir.lock_analysis()?;
+                run_grokking(&r, &one.run.eval_options())?;
+                return Ok(r);
+            }
             let (eval, options) = (one.run.eval_options(), one.phase_options());
             let train_log = phase_inputs(&r, &eval, &options)?;
             let lock = r.dir.lock_analysis()?;
@@ -321,6 +325,8 @@ fn report(args: &ReportArgs) -> Result<()> {
             Ok(r)
         });
         match all {
+            // Spikes are a digit analysis: a modular-addition run has none.
+            Ok(r) if r.cfg.task.modp.is_some() => {}
             Ok(r) => {
                 let has_log = r.dir.train_log_path().is_file();
                 if has_log && !r.dir.analysis_path("spikes").is_file() {

@@ -519,9 +519,10 @@ fn extend_flat_cores(
     spans
 }
 
-/// Maximal runs of equal states as (first index, last index, state).
-fn runs_of(states: &[SampleState]) -> Vec<(usize, usize, SampleState)> {
-    let mut runs: Vec<(usize, usize, SampleState)> = Vec::new();
+/// Maximal runs of equal states as (first index, last index, state); shared with the
+/// grokking phase rule, which walks runs of samples above and below a level.
+pub(crate) fn runs_of<S: Copy + PartialEq>(states: &[S]) -> Vec<(usize, usize, S)> {
+    let mut runs: Vec<(usize, usize, S)> = Vec::new();
     for (i, &state) in states.iter().enumerate() {
         match runs.last_mut() {
             Some(run) if run.2 == state => run.1 = i,

@@ -168,6 +168,14 @@ impl Figure {
         }
     }
 
+    /// Adds `trace` if it has a point to draw: a series with no rows (a metric or digit the
+    /// table does not have) gets no legend entry.
+    pub fn push_series(&mut self, trace: Trace) {
+        if !trace.x.is_empty() {
+            self.traces.push(trace);
+        }
+    }
+
     /// The colour of trace `i`: its own index, or its position.
     pub fn color_of(&self, i: usize) -> (u8, u8, u8) {
         PALETTE[self.traces[i].color.unwrap_or(i) % PALETTE.len()]

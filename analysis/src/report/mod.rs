@@ -12,6 +12,7 @@
 
 pub mod downsample;
 pub mod figure;
+pub mod grokking_page;
 pub mod html;
 pub mod page;
 pub mod png;

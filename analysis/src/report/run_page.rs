@@ -1,5 +1,7 @@
 //! The page of one run: its loss curves with plateaus and spikes, the carry kinds, the
-//! naive-sum lens, the Fourier measures, each attributed spike, and the training log's norms.
+//! naive-sum lens, the Fourier measures, each attributed spike, and the training log's norms;
+//! for a modular-addition run, the progress measures of `analyze grokking` (`grokking_page`)
+//! and the key frequencies instead of the digit figures.
 //! Built from the run's Parquet tables only (`tables`), so anything shown here can be
 //! recomputed from them by another tool.
 
@@ -7,6 +9,7 @@ use polars::prelude::DataFrame;
 
 use super::downsample::downsample;
 use super::figure::{Axis, Band, Figure, Level, Style, Trace, Values};
+use super::grokking_page::{grokking_figures, grokking_findings};
 use super::page::{Page, Section};
 use super::tables::{distinct, floats, long_series, texts, RunTables};
 use crate::metrics::phases::DEFAULT_ZERO_FLOOR;
@@ -22,14 +25,18 @@ const CARRY_KINDS: [&str; 3] = ["none", "direct", "cascade"];
 
 /// Builds the run page. Fails only when there is nothing at all to show.
 pub fn run_page(t: &RunTables) -> anyhow::Result<Page> {
-    let digits = t.config.task.targets.clone();
-    let mut missing = t.missing.clone();
-    if t.train_log.is_none() && t.loss.is_none() {
+    let modp = t.config.task.modp.as_ref();
+    let analysed = match modp {
+        Some(_) => t.grokking.is_some(),
+        None => t.loss.is_some(),
+    };
+    if t.train_log.is_none() && !analysed {
         anyhow::bail!(
             "{} has neither a training log nor analyses: nothing to show (train it first, then `analyze report`)",
             t.root.display()
         );
     }
+    let mut missing = t.missing.clone();
     if let Some(log) = &t.train_log {
         let last = floats(log, "batch").last().copied().unwrap_or(-1.0);
         if last + 1.0 < t.config.steps as f64 {
@@ -41,45 +48,16 @@ pub fn run_page(t: &RunTables) -> anyhow::Result<Page> {
             ));
         }
     }
-    let mut sections = vec![Section {
-        heading: "Loss".into(),
-        figures: vec![loss_figure(t, &digits)],
-    }];
-    if let Some(loss) = &t.loss {
-        sections.push(Section {
-            heading: "Carry kinds".into(),
-            figures: carry_kind_figures(loss, &digits),
-        });
-    }
-    if let Some(lens) = &t.naive_lens {
-        sections.push(Section {
-            heading: "Naive-sum lens".into(),
-            figures: naive_lens_figures(lens, t.loss.as_ref(), &digits),
-        });
-    }
-    let mut fourier = Vec::new();
-    if let Some(excluded) = &t.excluded_loss {
-        fourier.extend(excluded_loss_figures(excluded, t.loss.as_ref(), &digits));
-    }
-    if let Some(keys) = &t.key_frequencies {
-        fourier.extend(key_frequency_figures(keys, &digits));
-    }
-    if !fourier.is_empty() {
-        sections.push(Section {
-            heading: "Fourier: excluded and restricted loss, key frequencies".into(),
-            figures: fourier,
-        });
-    }
-    if let Some(spikes) = &t.spikes {
-        let (figures, notes) = spike_figures(t, spikes);
-        missing.extend(notes);
-        if !figures.is_empty() {
-            sections.push(Section {
-                heading: "Spikes".into(),
-                figures,
-            });
-        }
-    }
+    let (mut sections, findings) = match modp {
+        Some(modp) => (
+            grokking_sections(t, modp.p),
+            grokking_findings(t.grokking.as_ref(), t.grokking_phases.as_ref()),
+        ),
+        None => (
+            digit_sections(t, &mut missing),
+            t.phases.as_ref().map(phase_sentences).unwrap_or_default(),
+        ),
+    };
     if let Some(log) = &t.train_log {
         sections.push(Section {
             heading: "Gradient, weight and update norms".into(),
@@ -90,12 +68,77 @@ pub fn run_page(t: &RunTables) -> anyhow::Result<Page> {
     Ok(Page {
         title: format!("digitlab run {}", t.id),
         facts: facts(t),
-        findings: t.phases.as_ref().map(phase_sentences).unwrap_or_default(),
+        findings,
         missing,
         sections,
         table: None,
         selectable: Vec::new(),
     })
+}
+
+/// The sections of a digit-addition run: loss, carry kinds, naive-sum lens, Fourier, spikes.
+fn digit_sections(t: &RunTables, missing: &mut Vec<String>) -> Vec<Section> {
+    let digits = &t.config.task.targets;
+    let mut sections = vec![Section {
+        heading: "Loss".into(),
+        figures: vec![loss_figure(t, digits)],
+    }];
+    if let Some(loss) = &t.loss {
+        sections.push(Section {
+            heading: "Carry kinds".into(),
+            figures: carry_kind_figures(loss, digits),
+        });
+    }
+    if let Some(lens) = &t.naive_lens {
+        sections.push(Section {
+            heading: "Naive-sum lens".into(),
+            figures: naive_lens_figures(lens, t.loss.as_ref(), digits),
+        });
+    }
+    let mut fourier = Vec::new();
+    if let Some(excluded) = &t.excluded_loss {
+        fourier.extend(excluded_loss_figures(excluded, t.loss.as_ref(), digits));
+    }
+    if let Some(keys) = &t.key_frequencies {
+        fourier.extend(key_frequency_figures(keys, digits, &|d| {
+            format!("Digit {d}")
+        }));
+    }
+    sections.push(Section {
+        heading: "Fourier: excluded and restricted loss, key frequencies".into(),
+        figures: fourier,
+    });
+    if let Some(spikes) = &t.spikes {
+        let (figures, notes) = spike_figures(t, spikes);
+        missing.extend(notes);
+        sections.push(Section {
+            heading: "Spikes".into(),
+            figures,
+        });
+    }
+    sections
+}
+
+/// The sections of a modular-addition run with `p` outputs: the progress measures of
+/// `analyze grokking` with the phases shaded, and the neurons' key frequencies.
+fn grokking_sections(t: &RunTables, p: usize) -> Vec<Section> {
+    let (mut measures, mut fourier) = (Vec::new(), Vec::new());
+    if let Some(grokking) = &t.grokking {
+        measures = grokking_figures(p, grokking, t.grokking_phases.as_ref());
+    }
+    if let Some(keys) = &t.key_frequencies {
+        fourier = key_frequency_figures(keys, &[0], &|_| format!("Addition mod {p}"));
+    }
+    vec![
+        Section {
+            heading: "Grokking: losses, Fourier sparsity and weight norm".into(),
+            figures: measures,
+        },
+        Section {
+            heading: "Fourier: key frequencies".into(),
+            figures: fourier,
+        },
+    ]
 }
 
 /// Config values a reader needs to interpret the curves.
@@ -107,12 +150,18 @@ fn facts(t: &RunTables) -> Vec<(String, String)> {
         ("run".into(), t.root.display().to_string()),
         (
             "task".into(),
-            format!(
-                "{}-digit addition, {} layout, digit(s) {:?}",
-                c.task.n_digits,
-                format!("{:?}", c.task.layout).to_lowercase(),
-                c.task.targets
-            ),
+            match &c.task.modp {
+                Some(modp) => format!(
+                    "addition mod {}, {} of the pairs in the training set (full batch, {} pairs), test loss logged every {} epochs",
+                    modp.p, modp.train_fraction, c.batch_size, modp.eval_every
+                ),
+                None => format!(
+                    "{}-digit addition, {} layout, digit(s) {:?}",
+                    c.task.n_digits,
+                    format!("{:?}", c.task.layout).to_lowercase(),
+                    c.task.targets
+                ),
+            },
         ),
         (
             "model".into(),
@@ -193,7 +242,7 @@ fn phase_sentences(phases: &DataFrame) -> Vec<String> {
 }
 
 /// Keeps the points a log axis can draw.
-fn positive(x: Vec<f64>, y: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
+pub(super) fn positive(x: Vec<f64>, y: Vec<f64>) -> (Vec<f64>, Vec<f64>) {
     x.into_iter()
         .zip(y)
         .filter(|(_, y)| *y > 0.0 && y.is_finite())
@@ -227,18 +276,16 @@ fn loss_figure(t: &RunTables, digits: &[usize]) -> Figure {
         }
         if let Some(loss) = &t.loss {
             let (x, y) = eval_loss(loss, d);
-            if !x.is_empty() {
-                fig.traces.push(
-                    Trace::series(
-                        format!("digit {d} eval loss (per snapshot)"),
-                        Style::LinesMarkers,
-                        x,
-                        y,
-                    )
-                    .in_group(format!("digit {d}"))
-                    .colored(2 * i + 1),
-                );
-            }
+            fig.push_series(
+                Trace::series(
+                    format!("digit {d} eval loss (per snapshot)"),
+                    Style::LinesMarkers,
+                    x,
+                    y,
+                )
+                .in_group(format!("digit {d}"))
+                .colored(2 * i + 1),
+            );
         }
     }
     fig.levels.push(Level {
@@ -270,10 +317,7 @@ fn loss_figure(t: &RunTables, digits: &[usize]) -> Figure {
         let peak = floats(spikes, "peak");
         let loss_peak = floats(spikes, "loss_peak");
         let (x, y) = positive(peak, loss_peak);
-        if !x.is_empty() {
-            fig.traces
-                .push(Trace::series("detected spikes (peak)", Style::Markers, x, y).colored(3));
-        }
+        fig.push_series(Trace::series("detected spikes (peak)", Style::Markers, x, y).colored(3));
     }
     fig.note = Some(
         "Shaded: plateaus found by `analyze phases` (from the training log where it exists). \
@@ -366,18 +410,16 @@ fn carry_kind_figures(loss: &DataFrame, digits: &[usize]) -> Vec<Figure> {
                 } else {
                     x.into_iter().zip(y).filter(|(_, y)| y.is_finite()).unzip()
                 };
-                if !x.is_empty() {
-                    fig.traces.push(
-                        Trace::series(
-                            format!("digit {d}, carry {kind}"),
-                            Style::LinesMarkers,
-                            x,
-                            y,
-                        )
-                        .in_group(format!("digit {d}"))
-                        .colored(k),
-                    );
-                }
+                fig.push_series(
+                    Trace::series(
+                        format!("digit {d}, carry {kind}"),
+                        Style::LinesMarkers,
+                        x,
+                        y,
+                    )
+                    .in_group(format!("digit {d}"))
+                    .colored(k),
+                );
             }
         }
         fig.note = Some(
@@ -473,10 +515,7 @@ fn naive_lens_figures(lens: &DataFrame, loss: Option<&DataFrame>, digits: &[usiz
             series.push(("loss (eval)".into(), eval_loss(loss, d)));
         }
         for (k, (name, (x, y))) in series.into_iter().enumerate() {
-            if !x.is_empty() {
-                fig.traces
-                    .push(Trace::series(name, Style::LinesMarkers, x, y).colored(k));
-            }
+            fig.push_series(Trace::series(name, Style::LinesMarkers, x, y).colored(k));
         }
         fig.levels.push(Level {
             value: std::f64::consts::LN_2,
@@ -516,10 +555,7 @@ fn excluded_loss_figures(
         );
         if let Some(loss) = loss {
             let (x, y) = eval_loss(loss, d);
-            if !x.is_empty() {
-                fig.traces
-                    .push(Trace::series("loss (eval)", Style::LinesMarkers, x, y).colored(7));
-            }
+            fig.push_series(Trace::series("loss (eval)", Style::LinesMarkers, x, y).colored(7));
         }
         for (k, set) in sets.iter().enumerate() {
             for (metric, style) in [
@@ -535,9 +571,6 @@ fn excluded_loss_figures(
                     ],
                 );
                 let (x, y) = positive(x, y);
-                if x.is_empty() {
-                    continue;
-                }
                 let mut trace = Trace::series(
                     format!("{} {set}", metric.replace('_', " ")),
                     style.clone(),
@@ -548,7 +581,7 @@ fn excluded_loss_figures(
                 .colored(k);
                 // The key set and all frequencies tell the story; single frequencies on demand.
                 trace.legend_only = !(set == "key" || set == "all");
-                fig.traces.push(trace);
+                fig.push_series(trace);
             }
         }
         fig.note = Some(
@@ -562,8 +595,13 @@ fn excluded_loss_figures(
     out
 }
 
-/// Per digit: each MLP neuron's dominant frequency and the fraction of its variance there.
-fn key_frequency_figures(keys: &DataFrame, digits: &[usize]) -> Vec<Figure> {
+/// Per digit: each MLP neuron's dominant frequency and the fraction of its variance there;
+/// `subject` names what digit `d`'s figure is about in its title.
+fn key_frequency_figures(
+    keys: &DataFrame,
+    digits: &[usize],
+    subject: &dyn Fn(usize) -> String,
+) -> Vec<Figure> {
     let mut out = Vec::new();
     let digit = texts(keys, "digit");
     let neuron = floats(keys, "neuron");
@@ -580,7 +618,8 @@ fn key_frequency_figures(keys: &DataFrame, digits: &[usize]) -> Vec<Figure> {
         let mut fig = Figure::new(
             format!("key_frequencies_d{d}"),
             format!(
-                "Digit {d}: which frequency does each MLP neuron use (batch {})?",
+                "{}: which frequency does each MLP neuron use (batch {})?",
+                subject(d),
                 snapshot[first]
             ),
             Axis::linear("neuron"),
@@ -671,17 +710,15 @@ fn spike_figures(t: &RunTables, spikes: &DataFrame) -> (Vec<Figure>, Vec<String>
         if let Some(steps) = &t.spike_steps {
             let (x, y) = long_series(steps, &[("spike", s.as_str()), ("metric", "eval_loss")]);
             let (x, y) = positive(x, y);
-            if !x.is_empty() {
-                fig.traces.push(
-                    Trace::series(
-                        "eval loss (fixed eval batch, replayed)",
-                        Style::LinesMarkers,
-                        x,
-                        y,
-                    )
-                    .colored(1),
-                );
-            }
+            fig.push_series(
+                Trace::series(
+                    "eval loss (fixed eval batch, replayed)",
+                    Style::LinesMarkers,
+                    x,
+                    y,
+                )
+                .colored(1),
+            );
         }
         fig.bands.push(Band {
             from: onset[i],

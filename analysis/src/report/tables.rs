@@ -9,8 +9,9 @@ use digitlab::config::TrainConfig;
 use digitlab_snapshots::read_parquet;
 use polars::prelude::{DataFrame, DataType};
 
-/// The tables under `analysis/`, by file stem, with the command that writes each.
-const ANALYSIS_TABLES: [(&str, &str); 9] = [
+/// The tables under `analysis/` of a digit-addition run, by file stem, with the command that
+/// writes each.
+const DIGIT_TABLES: [(&str, &str); 9] = [
     ("loss", "analyze loss"),
     ("naive_lens", "analyze naive-lens"),
     ("excluded_loss", "analyze excluded-loss"),
@@ -20,6 +21,14 @@ const ANALYSIS_TABLES: [(&str, &str); 9] = [
     ("spikes", "analyze spikes"),
     ("spike_attribution", "analyze spikes"),
     ("spike_steps", "analyze spikes"),
+];
+
+/// The tables of a modular-addition run: the digit analyses refuse such a run, so their
+/// absence is not news and is not reported.
+const MODP_TABLES: [(&str, &str); 3] = [
+    ("grokking", "analyze grokking"),
+    ("grokking_phases", "analyze grokking"),
+    ("key_frequencies", "analyze grokking"),
 ];
 
 /// A run as the report sees it: its config and whichever tables exist.
@@ -37,12 +46,16 @@ pub struct RunTables {
     pub spikes: Option<DataFrame>,
     pub spike_attribution: Option<DataFrame>,
     pub spike_steps: Option<DataFrame>,
+    /// Modular addition's progress measures and phases (`analyze grokking`).
+    pub grokking: Option<DataFrame>,
+    pub grokking_phases: Option<DataFrame>,
     /// One sentence per missing or unreadable table.
     pub missing: Vec<String>,
 }
 
 impl RunTables {
-    /// Reads `root/config.json` (required: without it `root` is not a run) and every table.
+    /// Reads `root/config.json` (required: without it `root` is not a run) and every table
+    /// of the run's task.
     pub fn read(root: &Path) -> Result<RunTables> {
         let (id, config) = read_config(root)?;
         let mut missing = Vec::new();
@@ -52,32 +65,36 @@ impl RunTables {
             "`train` writes it at every snapshot",
             &mut missing,
         );
-        let mut tables: Vec<Option<DataFrame>> = ANALYSIS_TABLES
-            .iter()
-            .map(|(name, command)| {
-                read_optional(
-                    &root.join("analysis").join(format!("{name}.parquet")),
-                    &format!("analysis/{name}.parquet"),
-                    &format!("`{command}` writes it"),
-                    &mut missing,
-                )
-            })
-            .collect();
-        let mut next = || tables.remove(0);
+        let tables: &[(&str, &str)] = if config.task.modp.is_some() {
+            &MODP_TABLES
+        } else {
+            &DIGIT_TABLES
+        };
+        let mut read = |name: &str| {
+            let (_, command) = tables.iter().find(|(n, _)| *n == name)?;
+            read_optional(
+                &root.join("analysis").join(format!("{name}.parquet")),
+                &format!("analysis/{name}.parquet"),
+                &format!("`{command}` writes it"),
+                &mut missing,
+            )
+        };
         Ok(RunTables {
+            loss: read("loss"),
+            naive_lens: read("naive_lens"),
+            excluded_loss: read("excluded_loss"),
+            key_frequencies: read("key_frequencies"),
+            phases: read("phases"),
+            plateaus: read("plateaus"),
+            spikes: read("spikes"),
+            spike_attribution: read("spike_attribution"),
+            spike_steps: read("spike_steps"),
+            grokking: read("grokking"),
+            grokking_phases: read("grokking_phases"),
             id,
             root: root.to_path_buf(),
             config,
             train_log,
-            loss: next(),
-            naive_lens: next(),
-            excluded_loss: next(),
-            key_frequencies: next(),
-            phases: next(),
-            plateaus: next(),
-            spikes: next(),
-            spike_attribution: next(),
-            spike_steps: next(),
             missing,
         })
     }
