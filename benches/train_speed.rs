@@ -16,7 +16,7 @@ use std::time::Instant;
 use digitlab::config::TrainConfig;
 use digitlab::fused::{FusedStep, Kernel, StepKind};
 use digitlab::task::{Layout, TaskConfig};
-use digitlab::threads::set_threads;
+use digitlab::threads::run_with_threads;
 use digitlab::train::{new_run, train, TrainState};
 
 /// (layout, d_model, n_heads, timed steps).
@@ -136,11 +136,16 @@ fn main() {
         }
         return;
     };
-    set_threads(threads);
+    // On the pool, as `train` runs (see `run_with_threads`).
+    run_with_threads(threads, || measure(threads, filter.as_deref()));
+}
+
+/// One child's measurements at `threads` threads: every config (or the one `filter` names).
+fn measure(threads: usize, filter: Option<&str>) {
     for (layout, d_model, n_heads, steps) in CONFIGS {
         if filter
             .as_ref()
-            .is_some_and(|f| f != &name(layout, d_model, n_heads))
+            .is_some_and(|f| *f != name(layout, d_model, n_heads))
         {
             continue;
         }
@@ -151,9 +156,11 @@ fn main() {
         // fused step's buffers, which the candle path exceeds), in MiB.
         let mib = |bytes: f64| bytes / (1 << 20) as f64;
         let state = mib(3.0 * cfg.model.n_trained_params() as f64 * 4.0);
-        let activations = mib(FusedStep::new(&cfg, cfg.batch_size)
-            .map(|step| step.buffer_bytes() as f64)
-            .unwrap_or(f64::NAN));
+        let activations = if cfg.fused_step_applies() {
+            mib(FusedStep::buffer_bytes(&cfg, cfg.batch_size) as f64)
+        } else {
+            f64::NAN
+        };
         let budget = state + activations;
         println!(
             "train_speed layout={} d_model={d_model} n_heads={n_heads} threads={threads} \
@@ -165,7 +172,7 @@ fn main() {
             peak / budget,
         );
     }
-    if threads == 1 && filter.as_deref() == Some("snapshots") {
+    if threads == 1 && filter == Some("snapshots") {
         let mut cfg = config(Layout::Prompt, 128, 4);
         cfg.steps = 1000;
         let (mut with, mut without) = (Vec::new(), Vec::new());

@@ -6,6 +6,7 @@
 use anyhow::{bail, Result};
 
 use crate::config::TrainConfig;
+use crate::fused::{FusedStep, StepKind};
 
 /// Bytes of one f32.
 const F32: f64 = 4.0;
@@ -22,7 +23,7 @@ const TRAINED_COPIES: f64 = 18.0;
 const LOG_COPIES: f64 = 8.0;
 /// Bytes a log row takes besides its f32 values (the row and its two vectors).
 const LOG_ROW_OVERHEAD: f64 = 96.0;
-/// Activations are kept for the backward pass, which makes a gradient of each and some
+/// candle keeps activations for the backward pass, which makes a gradient of each and some
 /// temporaries: three times the forward values.
 const ACTIVATION_FACTOR: f64 = 3.0;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -55,7 +56,6 @@ impl MemoryNeed {
         };
         let (all, trained) = (count(false), count(true));
         let n_trained = specs.iter().filter(|s| s.trained).count() as f64;
-        let batch = cfg.batch_size as f64;
         let log_row =
             F32 * (6.0 + cfg.task.targets.len() as f64 + 3.0 * n_trained) + LOG_ROW_OVERHEAD;
         MemoryNeed {
@@ -67,7 +67,7 @@ impl MemoryNeed {
                 ),
                 (
                     format!("activations of a batch of {} examples", cfg.batch_size),
-                    F32 * ACTIVATION_FACTOR * batch * activations_per_example(cfg),
+                    activation_bytes(cfg),
                 ),
                 (
                     format!("the training log of {} steps", cfg.steps),
@@ -111,9 +111,18 @@ impl MemoryNeed {
     }
 }
 
-/// Floats of the activations of one example in one forward pass, by the path training uses
-/// (see `model/last_position.rs` and `model/mod.rs` for the tensors counted).
-fn activations_per_example(cfg: &TrainConfig) -> f64 {
+/// Bytes of one batch's activations and their gradients, by the step training uses: the fused
+/// step's buffers exactly, or candle's graph estimated.
+fn activation_bytes(cfg: &TrainConfig) -> f64 {
+    if cfg.training_kernel().step == StepKind::Fused {
+        return FusedStep::buffer_bytes(cfg, cfg.batch_size) as f64;
+    }
+    F32 * ACTIVATION_FACTOR * cfg.batch_size as f64 * candle_activations_per_example(cfg)
+}
+
+/// Floats of the activations of one example in one forward pass through candle's graph (see
+/// `model/last_position.rs` and `model/mod.rs` for the tensors counted).
+fn candle_activations_per_example(cfg: &TrainConfig) -> f64 {
     let m = &cfg.model;
     let (t, d, h) = (m.n_ctx as f64, m.d_model as f64, m.n_heads as f64);
     let (mlp, vocab, out) = (m.d_mlp as f64, m.d_vocab as f64, m.d_vocab_out as f64);

@@ -213,8 +213,8 @@ fn run(args: Args) -> std::result::Result<(), Failure> {
         cfg.steps,
         run.root().display()
     );
-    digitlab::threads::set_threads(threads);
-    train(&cfg, run, state, log, !quiet).map_err(|e| Failure::new(e, 1))
+    digitlab::threads::run_with_threads(threads, || train(&cfg, run, state, log, !quiet))
+        .map_err(|e| Failure::new(e, 1))
 }
 
 type Prepared = (TrainConfig, RunDir, TrainState, TrainLog);

@@ -4,8 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::buffers::{Buffers, Shapes, BLOCK_ROWS};
-use super::forward::{dot, table_row};
+use super::buffers::{Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
 
@@ -16,11 +15,13 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
     let qkv = s.qkv();
     let Buffers {
+        x,
         table_in,
         q,
         key_table,
         value_table,
         pattern,
+        table_weights,
         z,
         resid_mid,
         pre,
@@ -30,13 +31,13 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         d_resid_post,
         d_resid_mid,
         d_z,
-        d_scores,
+        d_table_weights,
+        d_table_scores,
         d_q,
-        d_table_partials,
-        d_query_table,
         d_key_table,
         d_value_table,
         d_table_in,
+        d_x,
         result,
         ..
     } = buf;
@@ -127,58 +128,72 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         false,
     );
 
-    // The attention of each row, back to the query, key and value tables.
-    let tables = Tables {
-        q,
-        pattern,
-        keys: key_table,
-        values: value_table,
-        d_z,
-    };
-    attention_backward(s, tokens, &tables, d_scores, d_q, d_table_partials);
-    for (k, dst) in [&mut *d_query_table, &mut *d_key_table, &mut *d_value_table]
-        .into_iter()
-        .enumerate()
-    {
-        add_partials(dst, d_table_partials, k);
-    }
-
-    // Projections of the table rows: queries (scaled), keys and values, per head.
-    let scale = 1.0 / (dh as f32).sqrt();
-    let table_in = Mat::rows(table_in, r, d);
+    // z = table weights @ value table, per head.
     for head in 0..h {
-        let first = head * dh;
-        let projections = [
-            (&*d_query_table, &mut *g_q, w.w_q, scale),
-            (&*d_key_table, &mut *g_k, w.w_k, 1.0),
-            (&*d_value_table, &mut *g_v, w.w_v, 1.0),
-        ];
-        for (i, (d_table, grad, weight, scale)) in projections.into_iter().enumerate() {
-            let d_table = Mat::cols(d_table, first, r, dh, qkv);
-            matmul(
-                MatMut::head(grad, head, d, dh),
-                table_in.t(),
-                d_table,
-                scale,
-                false,
-            );
-            let weight = Mat::head(weight, head, d, dh);
-            let accumulate = head > 0 || i > 0;
-            matmul(
-                MatMut::rows(d_table_in, r, d),
-                d_table,
-                weight.t(),
-                scale,
-                accumulate,
-            );
-        }
+        let block = head * b * r..(head + 1) * b * r;
+        let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
+        let values = Mat::cols(value_table, head * dh, r, dh, qkv);
+        let d_weights = MatMut::rows(&mut d_table_weights[block.clone()], b, r);
+        matmul(d_weights, d_z_head, values.t(), 1.0, false);
+        let weights = Mat::rows(&table_weights[block], b, r);
+        let d_values = MatMut::cols(d_value_table, head * dh, r, dh, qkv);
+        matmul(d_values, weights.t(), d_z_head, 1.0, false);
+    }
+    pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
+
+    // Scores = scaled q . key table rows; q = (x W_Q + b_Q) / sqrt(d_head).
+    let scale = 1.0 / (dh as f32).sqrt();
+    for head in 0..h {
+        let block = head * b * r..(head + 1) * b * r;
+        let d_scores = Mat::rows(&d_table_scores[block], b, r);
+        let keys = Mat::cols(key_table, head * dh, r, dh, qkv);
+        let d_q_head = MatMut::cols(d_q, head * dh, b, dh, qkv);
+        matmul(d_q_head, d_scores, keys, scale, false);
+        let q_head = Mat::cols(q, head * dh, b, dh, qkv);
+        let d_keys = MatMut::cols(d_key_table, head * dh, r, dh, qkv);
+        matmul(d_keys, d_scores.t(), q_head, 1.0, false);
     }
 
-    // Embeddings: the table rows, plus the residual stream W_E[token] + W_pos[query] that
-    // resid_mid starts from.
+    // Projections of x (queries) and of the table rows (keys, values), per head.
+    d_x.copy_from_slice(d_resid_mid);
+    let (x, table_in) = (Mat::rows(x, b, d), Mat::rows(table_in, r, d));
+    for head in 0..h {
+        let d_q_head = Mat::cols(d_q, head * dh, b, dh, qkv);
+        let d_keys = Mat::cols(d_key_table, head * dh, r, dh, qkv);
+        let d_values = Mat::cols(d_value_table, head * dh, r, dh, qkv);
+        matmul(MatMut::head(g_q, head, d, dh), x.t(), d_q_head, 1.0, false);
+        matmul(
+            MatMut::head(g_k, head, d, dh),
+            table_in.t(),
+            d_keys,
+            1.0,
+            false,
+        );
+        matmul(
+            MatMut::head(g_v, head, d, dh),
+            table_in.t(),
+            d_values,
+            1.0,
+            false,
+        );
+        let w_q = Mat::head(w.w_q, head, d, dh);
+        matmul(MatMut::rows(d_x, b, d), d_q_head, w_q.t(), 1.0, true);
+        let w_k = Mat::head(w.w_k, head, d, dh);
+        matmul(
+            MatMut::rows(d_table_in, r, d),
+            d_keys,
+            w_k.t(),
+            1.0,
+            head > 0,
+        );
+        let w_v = Mat::head(w.w_v, head, d, dh);
+        matmul(MatMut::rows(d_table_in, r, d), d_values, w_v.t(), 1.0, true);
+    }
+
+    // Embeddings: the table rows, plus x = W_E[token at the query] + W_pos[query position].
     g_e.copy_from_slice(&d_table_in[..v * d]);
     g_pos.copy_from_slice(&d_table_in[v * d..]);
-    for (row, d_x) in d_resid_mid.chunks_exact(d).enumerate() {
+    for (row, d_x) in d_x.chunks_exact(d).enumerate() {
         let (example, pos) = s.query_of(row);
         let token = tokens[example * s.pos + pos] as usize;
         for ((e, p), g) in g_e[token * d..][..d]
@@ -192,109 +207,38 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     }
 }
 
-/// What the attention backward reads: the forward pass's queries and patterns, the key and
-/// value tables, and the gradient of `z`.
-struct Tables<'a> {
-    q: &'a [f32],
-    pattern: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
-    d_z: &'a [f32],
-}
-
-/// Through each row's attention (in parallel blocks of [`BLOCK_ROWS`] rows): the gradient of
-/// its pattern, then of its scores through the softmax over its prefix, then of its query, and
-/// each block's share of the query, key and value tables' gradients (a row's query, key or
-/// value is a token row plus a position row, so both receive its gradient) into its own
-/// partial tables.
-fn attention_backward(
+/// From the gradient of the table weights to the gradient of the table scores: through the
+/// gather of token rows by position, the softmax over the query's prefix, and back into token
+/// and position rows (none into positions after the query).
+fn pattern_backward(
     s: &Shapes,
     tokens: &[u32],
-    f: &Tables,
-    d_scores: &mut [f32],
-    d_q: &mut [f32],
-    partials: &mut [f32],
+    pattern: &[f32],
+    d_table_weights: &[f32],
+    d_table_scores: &mut [f32],
 ) {
-    let (t, v, h, dh, qkv, r) = (
-        s.pos,
-        s.d_vocab,
-        s.n_heads,
-        s.d_head,
-        s.qkv(),
-        s.table_rows(),
-    );
-    d_q.par_chunks_mut(BLOCK_ROWS * qkv)
-        .zip(d_scores.par_chunks_mut(BLOCK_ROWS * h * t))
-        .zip(partials.par_chunks_mut(3 * r * qkv))
-        .enumerate()
-        .for_each(|(block, ((d_q, d_scores), partial))| {
-            partial.fill(0.0);
-            let (d_query_table, rest) = partial.split_at_mut(r * qkv);
-            let (d_keys, d_values) = rest.split_at_mut(r * qkv);
-            let rows = d_q
-                .chunks_exact_mut(qkv)
-                .zip(d_scores.chunks_exact_mut(h * t));
-            for (i, (d_q, d_scores)) in rows.enumerate() {
-                let row = block * BLOCK_ROWS + i;
-                let (example, query) = s.query_of(row);
-                let tokens = &tokens[example * t..][..query + 1];
-                for head in 0..h {
-                    let first = head * dh;
-                    let q = &f.q[row * qkv + first..][..dh];
-                    let d_z = &f.d_z[row * qkv + first..][..dh];
-                    let pattern = &f.pattern[(row * h + head) * t..][..query + 1];
-                    let d_scores = &mut d_scores[head * t..][..t];
-                    d_scores[query + 1..].fill(0.0);
-                    let d_scores = &mut d_scores[..query + 1];
-                    // The pattern's gradient, then the softmax's: p (d_p - p . d_p).
-                    for (j, (g, &token)) in d_scores.iter_mut().zip(tokens).enumerate() {
-                        let value_token = table_row(f.values, token as usize, qkv, first, dh);
-                        let value_pos = table_row(f.values, v + j, qkv, first, dh);
-                        *g = dot(d_z, value_token) + dot(d_z, value_pos);
-                    }
-                    let mean = dot(pattern, d_scores);
-                    for (g, p) in d_scores.iter_mut().zip(pattern) {
-                        *g = p * (*g - mean);
-                    }
-                    let d_q = &mut d_q[first..][..dh];
-                    d_q.fill(0.0);
-                    for (j, ((&g, &p), &token)) in
-                        d_scores.iter().zip(pattern).zip(tokens).enumerate()
-                    {
-                        for at_row in [token as usize, v + j] {
-                            let key = table_row(f.keys, at_row, qkv, first, dh);
-                            for (d_q, k) in d_q.iter_mut().zip(key) {
-                                *d_q += g * k;
-                            }
-                            let at = at_row * qkv + first;
-                            let d_key = &mut d_keys[at..][..dh];
-                            d_key.iter_mut().zip(q).for_each(|(d, q)| *d += g * q);
-                            let d_value = &mut d_values[at..][..dh];
-                            d_value.iter_mut().zip(d_z).for_each(|(d, z)| *d += p * z);
-                        }
-                    }
-                }
-                for at_row in [tokens[query] as usize, v + query] {
-                    let d_row = &mut d_query_table[at_row * qkv..][..qkv];
-                    d_row.iter_mut().zip(&*d_q).for_each(|(d, g)| *d += g);
-                }
+    let (b, t, v, h, r) = (s.rows(), s.pos, s.d_vocab, s.n_heads, s.table_rows());
+    for row in 0..b {
+        let (example, query) = s.query_of(row);
+        let tokens = &tokens[example * t..][..query + 1];
+        for head in 0..h {
+            let block = (head * b + row) * r;
+            let d_weights = &d_table_weights[block..][..r];
+            let pattern = &pattern[(row * h + head) * t..][..query + 1];
+            let d_pattern = |j: usize, token: u32| d_weights[token as usize] + d_weights[v + j];
+            let dot: f32 = (0..=query)
+                .map(|j| pattern[j] * d_pattern(j, tokens[j]))
+                .sum();
+            let d_scores = &mut d_table_scores[block..][..r];
+            d_scores[..v].fill(0.0);
+            d_scores[v + query + 1..].fill(0.0);
+            for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
+                let g = p * (d_pattern(j, token) - dot);
+                d_scores[token as usize] += g;
+                d_scores[v + j] = g;
             }
-        });
-}
-
-/// `dst` set to the sum, in block order, of table `k` (of 3) of every block's partial tables.
-fn add_partials(dst: &mut [f32], partials: &[f32], k: usize) {
-    let n = dst.len();
-    dst.par_chunks_mut(1 << 12)
-        .enumerate()
-        .for_each(|(c, dst)| {
-            let at = k * n + c * (1 << 12);
-            dst.fill(0.0);
-            for partial in partials.chunks_exact(3 * n) {
-                let partial = &partial[at..][..dst.len()];
-                dst.iter_mut().zip(partial).for_each(|(d, x)| *d += x);
-            }
-        });
+        }
+    }
 }
 
 /// `sums[j] = sum_i rows[i][j]` over rows of `sums.len()`. Blocks of columns run in

@@ -63,36 +63,50 @@ impl Shapes {
     pub fn qkv(&self) -> usize {
         self.n_heads * self.d_head
     }
+
+    /// Bytes of the [`Buffers`] of these shapes with `trained` trained floats, counted from
+    /// the shapes alone (what a run's memory estimate adds up before anything is allocated).
+    pub fn buffer_bytes(&self, trained: usize) -> usize {
+        let (b, d, r, m, qkv) = (
+            self.rows(),
+            self.d_model,
+            self.table_rows(),
+            self.d_mlp,
+            self.qkv(),
+        );
+        let tables = 2 * r * d + 4 * r * qkv;
+        let per_head = 4 * self.n_heads * b * r;
+        let rows = b * (4 * qkv + 6 * d + 2 * m + 2 * self.d_vocab_out + self.n_heads * self.pos);
+        // f32 floats, the u32 targets, the f64 row losses.
+        4 * (tables + per_head + rows + trained + b) + 8 * b
+    }
 }
 
-/// Rows of one block of the attention loops: blocks run in parallel, each accumulating its
-/// rows' share of the table gradients into its own partial tables, which are then added in
-/// block order. Fixed by position, not by thread count, so the sums (and the bytes of a run)
-/// do not depend on the number of threads.
-pub const BLOCK_ROWS: usize = 256;
-
 /// Activations of the forward pass and their gradients. `row` is a query row (example, query
-/// position; see [`Shapes::rows`]).
+/// position; see [`Shapes::rows`]). Per-head score and weight matrices are `[head, row, table
+/// row]`, so each head's block is one contiguous matrix.
 pub struct Buffers {
-    /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what queries, keys and values are
-    /// read from.
+    /// The residual stream at the query positions before attention, `[row, d_model]`.
+    pub x: Vec<f32>,
+    /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what keys and values are read from.
     pub table_in: Vec<f32>,
-    /// Query, key and value tables, `[table row, head * d_head]`, biases on the token rows;
-    /// the query table is scaled by `1 / sqrt(d_head)`. A query (key, value) is the sum of its
-    /// token's row and its position's row.
-    pub query_table: Vec<f32>,
-    pub key_table: Vec<f32>,
-    pub value_table: Vec<f32>,
     /// Scaled queries, `[row, head * d_head]`.
     pub q: Vec<f32>,
+    /// Key and value tables, `[table row, head * d_head]`, biases on the token rows.
+    pub key_table: Vec<f32>,
+    pub value_table: Vec<f32>,
+    /// Query-key products with every table row, `[head, row, table row]`.
+    pub table_scores: Vec<f32>,
     /// Attention pattern at the query positions, `[row, head, pos]`, zero past the query.
     pub pattern: Vec<f32>,
+    /// Attention mass per table row (token rows summed over the positions holding the token),
+    /// `[head, row, table row]`.
+    pub table_weights: Vec<f32>,
     /// Attention result before W_O, `[row, head * d_head]`.
     pub z: Vec<f32>,
     pub resid_mid: Vec<f32>,
-    /// MLP pre-activation, `[row, d_mlp]`.
+    /// MLP pre-activation, then (backward) its gradient, `[row, d_mlp]`.
     pub pre: Vec<f32>,
-    /// MLP post-activation, then (backward) the gradient of its pre-activation.
     pub post: Vec<f32>,
     pub resid_post: Vec<f32>,
     /// Each row's cross-entropy, summed in row order into the loss.
@@ -102,33 +116,33 @@ pub struct Buffers {
     pub d_resid_post: Vec<f32>,
     pub d_resid_mid: Vec<f32>,
     pub d_z: Vec<f32>,
-    /// Gradient of the attention scores, `[row, head, pos]`.
-    pub d_scores: Vec<f32>,
-    /// Gradient of the scaled queries, `[row, head * d_head]`.
+    pub d_table_weights: Vec<f32>,
+    pub d_table_scores: Vec<f32>,
     pub d_q: Vec<f32>,
-    /// Per block of [`BLOCK_ROWS`] rows, its partial gradients of the query, key and value
-    /// tables, `[block, 3, table row, head * d_head]`.
-    pub d_table_partials: Vec<f32>,
-    pub d_query_table: Vec<f32>,
     pub d_key_table: Vec<f32>,
     pub d_value_table: Vec<f32>,
     pub d_table_in: Vec<f32>,
+    /// Gradient of the residual stream at the query positions, `[row, d_model]`.
+    pub d_x: Vec<f32>,
     /// Loss, logits `[row, d_vocab_out]`, targets and gradients, as the training loop reads
     /// them.
     pub result: StepResult,
 }
 
 impl Buffers {
-    /// Bytes of every buffer (activations, their gradients, logits, targets and the weights'
-    /// gradients).
-    pub fn bytes(&self) -> usize {
+    /// Bytes of every buffer as allocated (activations, their gradients, logits, targets and
+    /// the weights' gradients), to check [`Shapes::buffer_bytes`].
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         let activations = [
+            &self.x,
             &self.table_in,
-            &self.query_table,
+            &self.q,
             &self.key_table,
             &self.value_table,
-            &self.q,
+            &self.table_scores,
             &self.pattern,
+            &self.table_weights,
             &self.z,
             &self.resid_mid,
             &self.pre,
@@ -138,13 +152,13 @@ impl Buffers {
             &self.d_resid_post,
             &self.d_resid_mid,
             &self.d_z,
-            &self.d_scores,
+            &self.d_table_weights,
+            &self.d_table_scores,
             &self.d_q,
-            &self.d_table_partials,
-            &self.d_query_table,
             &self.d_key_table,
             &self.d_value_table,
             &self.d_table_in,
+            &self.d_x,
             &self.result.logits,
         ];
         let floats: usize = activations.iter().map(|v| v.len()).sum::<usize>()
@@ -155,16 +169,18 @@ impl Buffers {
     /// Zeroed buffers for `s`; `grad_sizes` in the trained-tensor order of the config.
     pub fn new(s: &Shapes, grad_sizes: &[usize]) -> Buffers {
         let z = |n: usize| vec![0f32; n];
-        let (b, d, r, m, qkv) = (s.rows(), s.d_model, s.table_rows(), s.d_mlp, s.qkv());
-        let per_pos = b * s.n_heads * s.pos;
+        let (b, d, r, m) = (s.rows(), s.d_model, s.table_rows(), s.d_mlp);
+        let per_head = s.n_heads * b * r;
         Buffers {
+            x: z(b * d),
             table_in: z(r * d),
-            query_table: z(r * qkv),
-            key_table: z(r * qkv),
-            value_table: z(r * qkv),
-            q: z(b * qkv),
-            pattern: z(per_pos),
-            z: z(b * qkv),
+            q: z(b * s.qkv()),
+            key_table: z(r * s.qkv()),
+            value_table: z(r * s.qkv()),
+            table_scores: z(per_head),
+            pattern: z(b * s.n_heads * s.pos),
+            table_weights: z(per_head),
+            z: z(b * s.qkv()),
             resid_mid: z(b * d),
             pre: z(b * m),
             post: z(b * m),
@@ -173,20 +189,56 @@ impl Buffers {
             d_logits: z(b * s.d_vocab_out),
             d_resid_post: z(b * d),
             d_resid_mid: z(b * d),
-            d_z: z(b * qkv),
-            d_scores: z(per_pos),
-            d_q: z(b * qkv),
-            d_table_partials: z(b.div_ceil(BLOCK_ROWS) * 3 * r * qkv),
-            d_query_table: z(r * qkv),
-            d_key_table: z(r * qkv),
-            d_value_table: z(r * qkv),
+            d_z: z(b * s.qkv()),
+            d_table_weights: z(per_head),
+            d_table_scores: z(per_head),
+            d_q: z(b * s.qkv()),
+            d_key_table: z(r * s.qkv()),
+            d_value_table: z(r * s.qkv()),
             d_table_in: z(r * d),
+            d_x: z(b * d),
             result: StepResult {
                 loss: 0.0,
                 logits: z(b * s.d_vocab_out),
                 targets: vec![0; b],
                 grads: grad_sizes.iter().map(|&n| z(n)).collect(),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrainConfig;
+    use crate::task::{Layout, TaskConfig};
+
+    /// The count from the shapes is what `Buffers::new` allocates, in both layouts and with
+    /// rows in several blocks.
+    #[test]
+    fn buffer_bytes_count_what_is_allocated() {
+        let task = |layout, targets| TaskConfig {
+            n_digits: 5,
+            layout,
+            targets,
+            modp: None,
+        };
+        for (task, d_model, n_heads, batch) in [
+            (task(Layout::Prompt, vec![0]), 128, 4, 128),
+            (task(Layout::Prompt, vec![2]), 15, 3, 700),
+            (task(Layout::Answer, (0..=5).collect()), 32, 4, 50),
+        ] {
+            let cfg = TrainConfig::default_for(task, d_model, n_heads);
+            let s = Shapes::of(&cfg, batch);
+            let sizes: Vec<usize> = cfg
+                .model
+                .param_specs()
+                .iter()
+                .filter(|p| p.trained)
+                .map(|p| p.shape.iter().product())
+                .collect();
+            let allocated = Buffers::new(&s, &sizes).bytes();
+            assert_eq!(s.buffer_bytes(sizes.iter().sum()), allocated, "{s:?}");
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::buffers::{Buffers, Shapes, BLOCK_ROWS};
+use super::buffers::{Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
 
@@ -16,51 +16,58 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
     let qkv = s.qkv();
 
-    // Queries, keys and values of every token and every position: `r` rows a step, however
-    // many examples the batch has.
-    buf.table_in[..v * d].copy_from_slice(&w.w_e[..v * d]);
-    buf.table_in[v * d..].copy_from_slice(&w.w_pos[..t * d]);
-    let table_in = Mat::rows(&buf.table_in, r, d);
-    for head in 0..h {
-        for (table, weight) in [
-            (&mut buf.query_table, w.w_q),
-            (&mut buf.key_table, w.w_k),
-            (&mut buf.value_table, w.w_v),
-        ] {
-            let dst = MatMut::cols(table, head * dh, r, dh, qkv);
-            matmul(dst, table_in, Mat::head(weight, head, d, dh), 1.0, false);
+    // The residual stream at the query positions, and the rows keys and values are made of.
+    for (row, x) in buf.x.chunks_exact_mut(d).enumerate() {
+        let (example, pos) = s.query_of(row);
+        let token = tokens[example * t + pos] as usize;
+        let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
+        for ((x, e), p) in x.iter_mut().zip(e).zip(p) {
+            *x = e + p;
         }
     }
-    // Biases on the token rows only: every query, key and value is one token row plus one
-    // position row, so each gets its bias once.
-    for (table, bias) in [
-        (&mut buf.query_table, w.b_q),
-        (&mut buf.key_table, w.b_k),
-        (&mut buf.value_table, w.b_v),
-    ] {
+    buf.table_in[..v * d].copy_from_slice(&w.w_e[..v * d]);
+    buf.table_in[v * d..].copy_from_slice(&w.w_pos[..t * d]);
+
+    let scale = 1.0 / (dh as f32).sqrt();
+    for head in 0..h {
+        let x = Mat::rows(&buf.x, b, d);
+        let table_in = Mat::rows(&buf.table_in, r, d);
+        let q = MatMut::cols(&mut buf.q, head * dh, b, dh, qkv);
+        matmul(q, x, Mat::head(w.w_q, head, d, dh), 1.0, false);
+        let keys = MatMut::cols(&mut buf.key_table, head * dh, r, dh, qkv);
+        matmul(keys, table_in, Mat::head(w.w_k, head, d, dh), 1.0, false);
+        let values = MatMut::cols(&mut buf.value_table, head * dh, r, dh, qkv);
+        matmul(values, table_in, Mat::head(w.w_v, head, d, dh), 1.0, false);
+    }
+    // Biases: queries on every row; keys and values on the token rows only, because the
+    // attention weights of the token rows sum to one (the position rows carry no bias).
+    for q in buf.q.chunks_exact_mut(qkv) {
+        for (q, bias) in q.iter_mut().zip(w.b_q) {
+            *q = (*q + bias) * scale;
+        }
+    }
+    for (table, bias) in [(&mut buf.key_table, w.b_k), (&mut buf.value_table, w.b_v)] {
         for row in table[..v * qkv].chunks_exact_mut(qkv) {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
         }
     }
-    let scale = 1.0 / (dh as f32).sqrt();
-    buf.query_table.iter_mut().for_each(|q| *q *= scale);
 
-    attention(s, tokens, buf);
+    for head in 0..h {
+        let q_head = Mat::cols(&buf.q, head * dh, b, dh, qkv);
+        let keys = Mat::cols(&buf.key_table, head * dh, r, dh, qkv);
+        let scores = MatMut::rows(&mut buf.table_scores[head * b * r..][..b * r], b, r);
+        matmul(scores, q_head, keys.t(), 1.0, false);
+    }
+    attention_pattern(s, tokens, buf);
+    for head in 0..h {
+        let weights = Mat::rows(&buf.table_weights[head * b * r..][..b * r], b, r);
+        let values = Mat::cols(&buf.value_table, head * dh, r, dh, qkv);
+        let z = MatMut::cols(&mut buf.z, head * dh, b, dh, qkv);
+        matmul(z, weights, values, 1.0, false);
+    }
 
-    // resid_mid = W_E[token] + W_pos[query] + b_O + z W_O; W_O as [head * d_head, d_model]
-    // is its stored layout.
-    buf.resid_mid
-        .par_chunks_exact_mut(d)
-        .enumerate()
-        .with_min_len(64)
-        .for_each(|(row, x)| {
-            let (example, pos) = s.query_of(row);
-            let token = tokens[example * t + pos] as usize;
-            let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
-            for (((x, e), p), b) in x.iter_mut().zip(e).zip(p).zip(w.b_o) {
-                *x = e + p + b;
-            }
-        });
+    // resid_mid = x + z W_O + b_O; W_O as [head * d_head, d_model] is its stored layout.
+    add_rows(&mut buf.resid_mid, &buf.x, w.b_o);
     matmul(
         MatMut::rows(&mut buf.resid_mid, b, d),
         Mat::rows(&buf.z, b, qkv),
@@ -107,92 +114,40 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     cross_entropy(s, buf);
 }
 
-/// `a · b`, summed in 8 lanes so that it vectorises (the compiler keeps a single float sum in
-/// order, one element at a time).
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut lanes = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let rest: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for l in 0..LANES {
-            lanes[l] += a[l] * b[l];
+/// Softmax over the positions up to the query of `q . (token key + position key)`, then the
+/// attention mass per table row: a token row collects the mass of every position holding that
+/// token; positions after the query get none.
+fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
+    let (b, t, v, h, r) = (s.rows(), s.pos, s.d_vocab, s.n_heads, s.table_rows());
+    for row in 0..b {
+        let (example, query) = s.query_of(row);
+        let tokens = &tokens[example * t..][..query + 1];
+        for head in 0..h {
+            let block = (head * b + row) * r;
+            let scores = &buf.table_scores[block..][..r];
+            let pattern = &mut buf.pattern[(row * h + head) * t..][..t];
+            pattern[query + 1..].fill(0.0);
+            let pattern = &mut pattern[..query + 1];
+            let mut max = f32::NEG_INFINITY;
+            for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
+                *p = scores[token as usize] + scores[v + j];
+                max = max.max(*p);
+            }
+            let mut sum = 0.0;
+            for p in pattern.iter_mut() {
+                *p = (*p - max).exp();
+                sum += *p;
+            }
+            let weights = &mut buf.table_weights[block..][..r];
+            weights[..v].fill(0.0);
+            weights[v + query + 1..].fill(0.0);
+            for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
+                *p /= sum;
+                weights[token as usize] += *p;
+                weights[v + j] = *p;
+            }
         }
     }
-    lanes.iter().sum::<f32>() + rest
-}
-
-/// Row `row` (of `width`) of a row-major table, from column `first`, `len` wide.
-pub(super) fn table_row(
-    table: &[f32],
-    row: usize,
-    width: usize,
-    first: usize,
-    len: usize,
-) -> &[f32] {
-    &table[row * width + first..][..len]
-}
-
-/// Every query row's scaled query (its token's row of the query table plus its position's),
-/// its attention pattern (softmax over the positions up to the query of `q . (token key +
-/// position key)`) and `z` (the pattern's mix of token value plus position value). Rows are
-/// independent and run in parallel blocks.
-fn attention(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
-    let (t, v, h, dh, qkv) = (s.pos, s.d_vocab, s.n_heads, s.d_head, s.qkv());
-    let (query_table, keys, values) = (&buf.query_table, &buf.key_table, &buf.value_table);
-    buf.q
-        .par_chunks_mut(BLOCK_ROWS * qkv)
-        .zip(buf.pattern.par_chunks_mut(BLOCK_ROWS * h * t))
-        .zip(buf.z.par_chunks_mut(BLOCK_ROWS * qkv))
-        .enumerate()
-        .for_each(|(block, ((q, pattern), z))| {
-            let rows = q
-                .chunks_exact_mut(qkv)
-                .zip(pattern.chunks_exact_mut(h * t))
-                .zip(z.chunks_exact_mut(qkv));
-            for (i, ((q, pattern), z)) in rows.enumerate() {
-                let (example, query) = s.query_of(block * BLOCK_ROWS + i);
-                let tokens = &tokens[example * t..][..query + 1];
-                let own_token = table_row(query_table, tokens[query] as usize, qkv, 0, qkv);
-                let own_pos = table_row(query_table, v + query, qkv, 0, qkv);
-                for ((q, a), b) in q.iter_mut().zip(own_token).zip(own_pos) {
-                    *q = a + b;
-                }
-                for head in 0..h {
-                    let (q, first) = (&q[head * dh..][..dh], head * dh);
-                    let pattern = &mut pattern[head * t..][..t];
-                    pattern[query + 1..].fill(0.0);
-                    let pattern = &mut pattern[..query + 1];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
-                        let key_token = table_row(keys, token as usize, qkv, first, dh);
-                        let key_pos = table_row(keys, v + j, qkv, first, dh);
-                        *p = dot(q, key_token) + dot(q, key_pos);
-                        max = max.max(*p);
-                    }
-                    let mut sum = 0.0;
-                    for p in pattern.iter_mut() {
-                        *p = (*p - max).exp();
-                        sum += *p;
-                    }
-                    let z = &mut z[first..][..dh];
-                    z.fill(0.0);
-                    for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
-                        *p /= sum;
-                        let value_token = table_row(values, token as usize, qkv, first, dh);
-                        let value_pos = table_row(values, v + j, qkv, first, dh);
-                        for ((z, a), b) in z.iter_mut().zip(value_token).zip(value_pos) {
-                            *z += *p * (a + b);
-                        }
-                    }
-                }
-            }
-        });
 }
 
 /// The mean cross-entropy of the logits over query rows and its gradient `(softmax -

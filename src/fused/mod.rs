@@ -153,10 +153,14 @@ impl FusedStep {
         })
     }
 
-    /// Bytes of the buffers: one batch's activations, their gradients and the weights'
-    /// gradients.
-    pub fn buffer_bytes(&self) -> usize {
-        self.buffers.bytes()
+    /// Bytes of the buffers of `cfg`'s step on batches of `batch_size`: one batch's
+    /// activations, their gradients and the weights' gradients. Counted from the shapes, so a
+    /// run's memory can be estimated before anything is allocated.
+    pub fn buffer_bytes(cfg: &TrainConfig, batch_size: usize) -> usize {
+        let specs = cfg.model.param_specs();
+        let trained = specs.iter().filter(|s| s.trained);
+        let trained: usize = trained.map(|s| s.shape.iter().product::<usize>()).sum();
+        Shapes::of(cfg, batch_size).buffer_bytes(trained)
     }
 
     /// Forward and backward on `batch` with the weights `params` (all tensors, state-dict
