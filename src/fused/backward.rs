@@ -15,7 +15,6 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
     let qkv = s.qkv();
     let Buffers {
-        x,
         table_in,
         q,
         key_table,
@@ -37,7 +36,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         d_key_table,
         d_value_table,
         d_table_in,
-        d_x,
+        d_query_table,
         result,
         ..
     } = buf;
@@ -141,7 +140,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     }
     pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
 
-    // Scores = scaled q . key table rows; q = (x W_Q + b_Q) / sqrt(d_head).
+    // Scores = scaled q . key table rows; q = (query table rows + b_Q) / sqrt(d_head).
     let scale = 1.0 / (dh as f32).sqrt();
     for head in 0..h {
         let block = head * b * r..(head + 1) * b * r;
@@ -154,46 +153,51 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         matmul(d_keys, d_scores.t(), q_head, 1.0, false);
     }
 
-    // Projections of x (queries) and of the table rows (keys, values), per head.
-    d_x.copy_from_slice(d_resid_mid);
-    let (x, table_in) = (Mat::rows(x, b, d), Mat::rows(table_in, r, d));
-    for head in 0..h {
-        let d_q_head = Mat::cols(d_q, head * dh, b, dh, qkv);
-        let d_keys = Mat::cols(d_key_table, head * dh, r, dh, qkv);
-        let d_values = Mat::cols(d_value_table, head * dh, r, dh, qkv);
-        matmul(MatMut::head(g_q, head, d, dh), x.t(), d_q_head, 1.0, false);
-        matmul(
-            MatMut::head(g_k, head, d, dh),
-            table_in.t(),
-            d_keys,
-            1.0,
-            false,
-        );
-        matmul(
-            MatMut::head(g_v, head, d, dh),
-            table_in.t(),
-            d_values,
-            1.0,
-            false,
-        );
-        let w_q = Mat::head(w.w_q, head, d, dh);
-        matmul(MatMut::rows(d_x, b, d), d_q_head, w_q.t(), 1.0, true);
-        let w_k = Mat::head(w.w_k, head, d, dh);
-        matmul(
-            MatMut::rows(d_table_in, r, d),
-            d_keys,
-            w_k.t(),
-            1.0,
-            head > 0,
-        );
-        let w_v = Mat::head(w.w_v, head, d, dh);
-        matmul(MatMut::rows(d_table_in, r, d), d_values, w_v.t(), 1.0, true);
+    // The query table's gradient: each row's query is its token's row plus its position's.
+    d_query_table.fill(0.0);
+    for (row, d_q) in d_q.chunks_exact(qkv).enumerate() {
+        let (example, pos) = s.query_of(row);
+        let token = tokens[example * s.pos + pos] as usize;
+        for table_row in [token, v + pos] {
+            let d_row = &mut d_query_table[table_row * qkv..][..qkv];
+            d_row.iter_mut().zip(d_q).for_each(|(d, g)| *d += g);
+        }
     }
 
-    // Embeddings: the table rows, plus x = W_E[token at the query] + W_pos[query position].
+    // Projections of the table rows into queries, keys and values, per head.
+    let table_in = Mat::rows(table_in, r, d);
+    for head in 0..h {
+        let projections = [
+            (&*d_query_table, &mut *g_q, w.w_q),
+            (&*d_key_table, &mut *g_k, w.w_k),
+            (&*d_value_table, &mut *g_v, w.w_v),
+        ];
+        for (i, (d_table, grad, weight)) in projections.into_iter().enumerate() {
+            let d_table = Mat::cols(d_table, head * dh, r, dh, qkv);
+            matmul(
+                MatMut::head(grad, head, d, dh),
+                table_in.t(),
+                d_table,
+                1.0,
+                false,
+            );
+            let weight = Mat::head(weight, head, d, dh).t();
+            let accumulate = head > 0 || i > 0;
+            matmul(
+                MatMut::rows(d_table_in, r, d),
+                d_table,
+                weight,
+                1.0,
+                accumulate,
+            );
+        }
+    }
+
+    // Embeddings: the table rows, plus the residual stream x = W_E[token at the query] +
+    // W_pos[query position] that resid_mid starts from.
     g_e.copy_from_slice(&d_table_in[..v * d]);
     g_pos.copy_from_slice(&d_table_in[v * d..]);
-    for (row, d_x) in d_x.chunks_exact(d).enumerate() {
+    for (row, d_x) in d_resid_mid.chunks_exact(d).enumerate() {
         let (example, pos) = s.query_of(row);
         let token = tokens[example * s.pos + pos] as usize;
         for ((e, p), g) in g_e[token * d..][..d]

@@ -74,9 +74,9 @@ impl Shapes {
             self.d_mlp,
             self.qkv(),
         );
-        let tables = 2 * r * d + 4 * r * qkv;
+        let tables = 2 * r * d + 6 * r * qkv;
         let per_head = 4 * self.n_heads * b * r;
-        let rows = b * (4 * qkv + 6 * d + 2 * m + 2 * self.d_vocab_out + self.n_heads * self.pos);
+        let rows = b * (4 * qkv + 5 * d + 2 * m + 2 * self.d_vocab_out + self.n_heads * self.pos);
         // f32 floats, the u32 targets, the f64 row losses.
         4 * (tables + per_head + rows + trained + b) + 8 * b
     }
@@ -88,13 +88,16 @@ impl Shapes {
 pub struct Buffers {
     /// The residual stream at the query positions before attention, `[row, d_model]`.
     pub x: Vec<f32>,
-    /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what keys and values are read from.
+    /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what queries, keys and values are
+    /// read from.
     pub table_in: Vec<f32>,
-    /// Scaled queries, `[row, head * d_head]`.
-    pub q: Vec<f32>,
-    /// Key and value tables, `[table row, head * d_head]`, biases on the token rows.
+    /// Query, key and value tables, `[table row, head * d_head]`, biases on the token rows; the
+    /// query table is scaled by `1 / sqrt(d_head)`.
+    pub query_table: Vec<f32>,
     pub key_table: Vec<f32>,
     pub value_table: Vec<f32>,
+    /// Scaled queries, `[row, head * d_head]`.
+    pub q: Vec<f32>,
     /// Query-key products with every table row, `[head, row, table row]`.
     pub table_scores: Vec<f32>,
     /// Attention pattern at the query positions, `[row, head, pos]`, zero past the query.
@@ -119,11 +122,10 @@ pub struct Buffers {
     pub d_table_weights: Vec<f32>,
     pub d_table_scores: Vec<f32>,
     pub d_q: Vec<f32>,
+    pub d_query_table: Vec<f32>,
     pub d_key_table: Vec<f32>,
     pub d_value_table: Vec<f32>,
     pub d_table_in: Vec<f32>,
-    /// Gradient of the residual stream at the query positions, `[row, d_model]`.
-    pub d_x: Vec<f32>,
     /// Loss, logits `[row, d_vocab_out]`, targets and gradients, as the training loop reads
     /// them.
     pub result: StepResult,
@@ -158,7 +160,8 @@ impl Buffers {
             &self.d_key_table,
             &self.d_value_table,
             &self.d_table_in,
-            &self.d_x,
+            &self.query_table,
+            &self.d_query_table,
             &self.result.logits,
         ];
         let floats: usize = activations.iter().map(|v| v.len()).sum::<usize>()
@@ -196,7 +199,8 @@ impl Buffers {
             d_key_table: z(r * s.qkv()),
             d_value_table: z(r * s.qkv()),
             d_table_in: z(r * d),
-            d_x: z(b * d),
+            query_table: z(r * s.qkv()),
+            d_query_table: z(r * s.qkv()),
             result: StepResult {
                 loss: 0.0,
                 logits: z(b * s.d_vocab_out),

@@ -16,7 +16,8 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
     let qkv = s.qkv();
 
-    // The residual stream at the query positions, and the rows keys and values are made of.
+    // The residual stream at the query positions, and the rows of the query, key and value
+    // tables are made of.
     for (row, x) in buf.x.chunks_exact_mut(d).enumerate() {
         let (example, pos) = s.query_of(row);
         let token = tokens[example * t + pos] as usize;
@@ -28,24 +29,42 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     buf.table_in[..v * d].copy_from_slice(&w.w_e[..v * d]);
     buf.table_in[v * d..].copy_from_slice(&w.w_pos[..t * d]);
 
-    let scale = 1.0 / (dh as f32).sqrt();
+    // Queries, keys and values of every token and every position: `r` rows a step, however
+    // many rows the batch has. A query (key, value) is its token's row plus its position's.
+    let table_in = Mat::rows(&buf.table_in, r, d);
     for head in 0..h {
-        let x = Mat::rows(&buf.x, b, d);
-        let table_in = Mat::rows(&buf.table_in, r, d);
-        let q = MatMut::cols(&mut buf.q, head * dh, b, dh, qkv);
-        matmul(q, x, Mat::head(w.w_q, head, d, dh), 1.0, false);
-        let keys = MatMut::cols(&mut buf.key_table, head * dh, r, dh, qkv);
-        matmul(keys, table_in, Mat::head(w.w_k, head, d, dh), 1.0, false);
-        let values = MatMut::cols(&mut buf.value_table, head * dh, r, dh, qkv);
-        matmul(values, table_in, Mat::head(w.w_v, head, d, dh), 1.0, false);
-    }
-    // Biases: queries on every row; keys and values on the token rows only, because the
-    // attention weights of the token rows sum to one (the position rows carry no bias).
-    for q in buf.q.chunks_exact_mut(qkv) {
-        for (q, bias) in q.iter_mut().zip(w.b_q) {
-            *q = (*q + bias) * scale;
+        for (table, weight) in [
+            (&mut buf.query_table, w.w_q),
+            (&mut buf.key_table, w.w_k),
+            (&mut buf.value_table, w.w_v),
+        ] {
+            let dst = MatMut::cols(table, head * dh, r, dh, qkv);
+            matmul(dst, table_in, Mat::head(weight, head, d, dh), 1.0, false);
         }
     }
+    // Biases on the token rows only: each query, key and value has one token row. Queries are
+    // scaled by 1 / sqrt(d_head).
+    let scale = 1.0 / (dh as f32).sqrt();
+    for row in buf.query_table[..v * qkv].chunks_exact_mut(qkv) {
+        row.iter_mut().zip(w.b_q).for_each(|(x, b)| *x += b);
+    }
+    buf.query_table.iter_mut().for_each(|q| *q *= scale);
+    let query_table = &buf.query_table;
+    buf.q
+        .par_chunks_exact_mut(qkv)
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(row, q)| {
+            let (example, pos) = s.query_of(row);
+            let token = tokens[example * t + pos] as usize;
+            let (own_token, own_pos) = (
+                &query_table[token * qkv..][..qkv],
+                &query_table[(v + pos) * qkv..][..qkv],
+            );
+            for ((q, a), b) in q.iter_mut().zip(own_token).zip(own_pos) {
+                *q = a + b;
+            }
+        });
     for (table, bias) in [(&mut buf.key_table, w.b_k), (&mut buf.value_table, w.b_v)] {
         for row in table[..v * qkv].chunks_exact_mut(qkv) {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);

@@ -18,6 +18,7 @@
 
 mod backward;
 mod buffers;
+mod denormals;
 mod forward;
 mod gemm;
 pub mod kernel;
@@ -123,8 +124,8 @@ pub struct FusedStep {
 }
 
 impl FusedStep {
-    /// Buffers for `cfg` and batches of `batch_size` examples; fails if the fused step does not
-    /// apply to `cfg`.
+    /// Buffers for `cfg` and batches of `batch_size` examples, with flush-to-zero set on this
+    /// thread's pool (see [`denormals`]); fails if the fused step does not apply to `cfg`.
     pub fn new(cfg: &TrainConfig, batch_size: usize) -> Result<FusedStep> {
         if !cfg.fused_step_applies() {
             bail!("the fused step needs a one-layer model");
@@ -147,6 +148,7 @@ impl FusedStep {
             .map(|s| s.shape.iter().product())
             .collect();
         let shapes = Shapes::of(cfg, batch_size);
+        denormals::flush_to_zero_on_this_pool();
         Ok(FusedStep {
             buffers: Buffers::new(&shapes, &grad_sizes),
             shapes,
