@@ -221,19 +221,22 @@ fn pattern_backward(
     d_table_weights: &[f32],
     d_table_scores: &mut [f32],
 ) {
-    let (b, t, v, h, r) = (s.rows(), s.pos, s.d_vocab, s.n_heads, s.table_rows());
-    for row in 0..b {
-        let (example, query) = s.query_of(row);
-        let tokens = &tokens[example * t..][..query + 1];
-        for head in 0..h {
-            let block = (head * b + row) * r;
-            let d_weights = &d_table_weights[block..][..r];
-            let pattern = &pattern[(row * h + head) * t..][..query + 1];
+    let (b, t, v, r) = (s.rows(), s.pos, s.d_vocab, s.table_rows());
+    // One (head, row) pair per item, as in the forward pass.
+    d_table_scores
+        .par_chunks_exact_mut(r)
+        .zip(d_table_weights.par_chunks_exact(r))
+        .zip(pattern.par_chunks_exact(t))
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(i, ((d_scores, d_weights), pattern))| {
+            let (example, query) = s.query_of(i % b);
+            let tokens = &tokens[example * t..][..query + 1];
+            let pattern = &pattern[..query + 1];
             let d_pattern = |j: usize, token: u32| d_weights[token as usize] + d_weights[v + j];
             let dot: f32 = (0..=query)
                 .map(|j| pattern[j] * d_pattern(j, tokens[j]))
                 .sum();
-            let d_scores = &mut d_table_scores[block..][..r];
             d_scores[..v].fill(0.0);
             d_scores[v + query + 1..].fill(0.0);
             for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
@@ -241,8 +244,7 @@ fn pattern_backward(
                 d_scores[token as usize] += g;
                 d_scores[v + j] = g;
             }
-        }
-    }
+        });
 }
 
 /// `sums[j] = sum_i rows[i][j]` over rows of `sums.len()`. Blocks of columns run in

@@ -100,7 +100,7 @@ pub struct Buffers {
     pub q: Vec<f32>,
     /// Query-key products with every table row, `[head, row, table row]`.
     pub table_scores: Vec<f32>,
-    /// Attention pattern at the query positions, `[row, head, pos]`, zero past the query.
+    /// Attention pattern at the query positions, `[head, row, pos]`, zero past the query.
     pub pattern: Vec<f32>,
     /// Attention mass per table row (token rows summed over the positions holding the token),
     /// `[head, row, table row]`.

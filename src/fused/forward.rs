@@ -137,14 +137,17 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
 /// attention mass per table row: a token row collects the mass of every position holding that
 /// token; positions after the query get none.
 fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
-    let (b, t, v, h, r) = (s.rows(), s.pos, s.d_vocab, s.n_heads, s.table_rows());
-    for row in 0..b {
-        let (example, query) = s.query_of(row);
-        let tokens = &tokens[example * t..][..query + 1];
-        for head in 0..h {
-            let block = (head * b + row) * r;
-            let scores = &buf.table_scores[block..][..r];
-            let pattern = &mut buf.pattern[(row * h + head) * t..][..t];
+    let (b, t, v, r) = (s.rows(), s.pos, s.d_vocab, s.table_rows());
+    // One (head, row) pair per item: its scores, table weights and pattern are contiguous.
+    buf.table_scores
+        .par_chunks_exact(r)
+        .zip(buf.table_weights.par_chunks_exact_mut(r))
+        .zip(buf.pattern.par_chunks_exact_mut(t))
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(i, ((scores, weights), pattern))| {
+            let (example, query) = s.query_of(i % b);
+            let tokens = &tokens[example * t..][..query + 1];
             pattern[query + 1..].fill(0.0);
             let pattern = &mut pattern[..query + 1];
             let mut max = f32::NEG_INFINITY;
@@ -157,7 +160,6 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
                 *p = (*p - max).exp();
                 sum += *p;
             }
-            let weights = &mut buf.table_weights[block..][..r];
             weights[..v].fill(0.0);
             weights[v + query + 1..].fill(0.0);
             for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
@@ -165,8 +167,7 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
                 weights[token as usize] += *p;
                 weights[v + j] = *p;
             }
-        }
-    }
+        });
 }
 
 /// The mean cross-entropy of the logits over query rows and its gradient `(softmax -
