@@ -157,7 +157,7 @@ fn measure(threads: usize, filter: Option<&str>) {
         let mib = |bytes: f64| bytes / (1 << 20) as f64;
         let state = mib(3.0 * cfg.model.n_trained_params() as f64 * 4.0);
         let activations = if cfg.fused_step_applies() {
-            mib(FusedStep::buffer_bytes(&cfg, cfg.batch_size) as f64)
+            mib(FusedStep::buffer_bytes(&cfg, cfg.batch_size))
         } else {
             f64::NAN
         };

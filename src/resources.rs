@@ -115,7 +115,7 @@ impl MemoryNeed {
 /// step's buffers exactly, or candle's graph estimated.
 fn activation_bytes(cfg: &TrainConfig) -> f64 {
     if cfg.training_kernel().step == StepKind::Fused {
-        return FusedStep::buffer_bytes(cfg, cfg.batch_size) as f64;
+        return FusedStep::buffer_bytes(cfg, cfg.batch_size);
     }
     F32 * ACTIVATION_FACTOR * cfg.batch_size as f64 * candle_activations_per_example(cfg)
 }

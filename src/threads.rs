@@ -39,8 +39,10 @@ pub fn run_with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -
 /// multiply-adds of the MLP's first product, `rows * d_model * d_mlp`, with `rows` the query
 /// rows of a batch.
 pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {
-    let rows = cfg.batch_size * cfg.task.targets.len();
-    let mlp = rows * cfg.model.d_model * cfg.model.d_mlp;
+    let rows = cfg.batch_size.saturating_mul(cfg.task.targets.len());
+    let mlp = rows
+        .saturating_mul(cfg.model.d_model)
+        .saturating_mul(cfg.model.d_mlp);
     if mlp >= 1 << 25 {
         2
     } else {

@@ -66,19 +66,22 @@ impl Shapes {
 
     /// Bytes of the [`Buffers`] of these shapes with `trained` trained floats, counted from
     /// the shapes alone (what a run's memory estimate adds up before anything is allocated).
-    pub fn buffer_bytes(&self, trained: usize) -> usize {
+    /// In f64, so that an absurd config gives an absurd estimate rather than an overflow.
+    pub fn buffer_bytes(&self, trained: f64) -> f64 {
+        let f = |n: usize| n as f64;
         let (b, d, r, m, qkv) = (
-            self.rows(),
-            self.d_model,
-            self.table_rows(),
-            self.d_mlp,
-            self.qkv(),
+            f(self.batch) * f(self.queries.len()),
+            f(self.d_model),
+            f(self.table_rows()),
+            f(self.d_mlp),
+            f(self.qkv()),
         );
-        let tables = 2 * r * d + 6 * r * qkv;
-        let per_head = 4 * self.n_heads * b * r;
-        let rows = b * (4 * qkv + 5 * d + 2 * m + 2 * self.d_vocab_out + self.n_heads * self.pos);
+        let (h, t, o) = (f(self.n_heads), f(self.pos), f(self.d_vocab_out));
+        let tables = 2.0 * r * d + 6.0 * r * qkv;
+        let per_head = 4.0 * h * b * r;
+        let rows = b * (4.0 * qkv + 5.0 * d + 2.0 * m + 2.0 * o + h * t);
         // f32 floats, the u32 targets, the f64 row losses.
-        4 * (tables + per_head + rows + trained + b) + 8 * b
+        4.0 * (tables + per_head + rows + trained + b) + 8.0 * b
     }
 }
 
@@ -242,7 +245,8 @@ mod tests {
                 .map(|p| p.shape.iter().product())
                 .collect();
             let allocated = Buffers::new(&s, &sizes).bytes();
-            assert_eq!(s.buffer_bytes(sizes.iter().sum()), allocated, "{s:?}");
+            let counted = s.buffer_bytes(sizes.iter().sum::<usize>() as f64);
+            assert_eq!(counted, allocated as f64, "{s:?}");
         }
     }
 }

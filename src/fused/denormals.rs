@@ -5,10 +5,10 @@
 //! numbers through a slow microcode path: a full-batch modular-addition epoch slowed from 50 to
 //! 86 ms as the model grokked, nearly all of it in the matrix products. So the fused step sets
 //! the CPU's flush-to-zero and denormals-are-zero modes (TensorFlow's default on CPU) on every
-//! thread it computes on: subnormal results and inputs count as zero. Nothing a run learns
-//! depends on them: a gradient below 1.2e-38 moves a weight by less than 1e-30 under AdamW,
-//! whose eps is 1e-8. Every run, resume and replay computes this way, so runs stay
-//! byte-identical. Elsewhere than x86-64 the modes are left as they are.
+//! thread it computes on: subnormal results and inputs count as zero. A gradient below 1.2e-38
+//! moves a weight by less than 1e-30 under AdamW, whose eps is 1e-8; the trajectory changes as
+//! with any other change of rounding. Every run, resume and replay computes this way, so runs
+//! stay byte-identical. Elsewhere than x86-64 the modes are left as they are.
 
 /// Sets the modes on this thread and on every thread of the current rayon pool (the ones the
 /// step's parallel loops and matrix products run on). The modes stay set for the threads' life.

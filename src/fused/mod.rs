@@ -156,12 +156,13 @@ impl FusedStep {
     }
 
     /// Bytes of the buffers of `cfg`'s step on batches of `batch_size`: one batch's
-    /// activations, their gradients and the weights' gradients. Counted from the shapes, so a
-    /// run's memory can be estimated before anything is allocated.
-    pub fn buffer_bytes(cfg: &TrainConfig, batch_size: usize) -> usize {
+    /// activations, their gradients and the weights' gradients. Counted from the shapes (in
+    /// f64), so a run's memory can be estimated before anything is allocated.
+    pub fn buffer_bytes(cfg: &TrainConfig, batch_size: usize) -> f64 {
         let specs = cfg.model.param_specs();
         let trained = specs.iter().filter(|s| s.trained);
-        let trained: usize = trained.map(|s| s.shape.iter().product::<usize>()).sum();
+        let size = |shape: &[usize]| shape.iter().map(|&n| n as f64).product::<f64>();
+        let trained: f64 = trained.map(|s| size(&s.shape)).sum();
         Shapes::of(cfg, batch_size).buffer_bytes(trained)
     }
 
