@@ -70,7 +70,7 @@ setup_system_packages() {
 # --- Rust tests (also builds the debug binaries the Python tests run) ------------------------
 rust_tests() {
   section "cargo test --workspace"
-  cargo test --workspace
+  cargo test --workspace --no-fail-fast
 }
 
 # --- Python tests: reading the run directory with numpy, safetensors, polars, pyarrow --------
