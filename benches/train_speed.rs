@@ -155,9 +155,10 @@ fn measure(threads: usize, filter: Option<&str>) {
         // Weights and both AdamW moments, plus one batch's activations and gradients (the
         // fused step's buffers, which the candle path exceeds), in MiB.
         let mib = |bytes: f64| bytes / (1 << 20) as f64;
-        let state = mib(3.0 * cfg.model.n_trained_params() as f64 * 4.0);
+        let trained = cfg.model.n_trained_params() as f64;
+        let state = mib(3.0 * trained * 4.0);
         let activations = if cfg.fused_step_applies() {
-            mib(FusedStep::buffer_bytes(&cfg, cfg.batch_size))
+            mib(FusedStep::buffer_bytes(&cfg, cfg.batch_size, trained))
         } else {
             f64::NAN
         };

@@ -67,7 +67,7 @@ impl MemoryNeed {
                 ),
                 (
                     format!("activations of a batch of {} examples", cfg.batch_size),
-                    activation_bytes(cfg),
+                    activation_bytes(cfg, trained),
                 ),
                 (
                     format!("the training log of {} steps", cfg.steps),
@@ -112,10 +112,11 @@ impl MemoryNeed {
 }
 
 /// Bytes of one batch's activations and their gradients, by the step training uses: the fused
-/// step's buffers exactly, or candle's graph estimated.
-fn activation_bytes(cfg: &TrainConfig) -> f64 {
+/// step's buffers exactly (with the gradients of the `trained` floats), or candle's graph
+/// estimated.
+fn activation_bytes(cfg: &TrainConfig, trained: f64) -> f64 {
     if cfg.training_kernel().step == StepKind::Fused {
-        return FusedStep::buffer_bytes(cfg, cfg.batch_size);
+        return FusedStep::buffer_bytes(cfg, cfg.batch_size, trained);
     }
     F32 * ACTIVATION_FACTOR * cfg.batch_size as f64 * candle_activations_per_example(cfg)
 }

@@ -79,7 +79,7 @@ impl Shapes {
         let (h, t, o) = (f(self.n_heads), f(self.pos), f(self.d_vocab_out));
         let tables = 2.0 * r * d + 6.0 * r * qkv;
         let per_head = 4.0 * h * b * r;
-        let rows = b * (4.0 * qkv + 5.0 * d + 2.0 * m + 2.0 * o + h * t);
+        let rows = b * (4.0 * qkv + 4.0 * d + 2.0 * m + 2.0 * o + h * t);
         // f32 floats, the u32 targets, the f64 row losses.
         4.0 * (tables + per_head + rows + trained + b) + 8.0 * b
     }
@@ -89,8 +89,6 @@ impl Shapes {
 /// position; see [`Shapes::rows`]). Per-head score and weight matrices are `[head, row, table
 /// row]`, so each head's block is one contiguous matrix.
 pub struct Buffers {
-    /// The residual stream at the query positions before attention, `[row, d_model]`.
-    pub x: Vec<f32>,
     /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what queries, keys and values are
     /// read from.
     pub table_in: Vec<f32>,
@@ -140,7 +138,6 @@ impl Buffers {
     #[cfg(test)]
     fn bytes(&self) -> usize {
         let activations = [
-            &self.x,
             &self.table_in,
             &self.q,
             &self.key_table,
@@ -178,7 +175,6 @@ impl Buffers {
         let (b, d, r, m) = (s.rows(), s.d_model, s.table_rows(), s.d_mlp);
         let per_head = s.n_heads * b * r;
         Buffers {
-            x: z(b * d),
             table_in: z(r * d),
             q: z(b * s.qkv()),
             key_table: z(r * s.qkv()),

@@ -16,16 +16,7 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
     let qkv = s.qkv();
 
-    // The residual stream at the query positions, and the rows of the query, key and value
-    // tables are made of.
-    for (row, x) in buf.x.chunks_exact_mut(d).enumerate() {
-        let (example, pos) = s.query_of(row);
-        let token = tokens[example * t + pos] as usize;
-        let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
-        for ((x, e), p) in x.iter_mut().zip(e).zip(p) {
-            *x = e + p;
-        }
-    }
+    // The rows queries, keys and values are made of: every token's embedding, every position's.
     buf.table_in[..v * d].copy_from_slice(&w.w_e[..v * d]);
     buf.table_in[v * d..].copy_from_slice(&w.w_pos[..t * d]);
 
@@ -44,10 +35,16 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     }
     // Biases on the token rows only: each query, key and value has one token row. Queries are
     // scaled by 1 / sqrt(d_head).
-    let scale = 1.0 / (dh as f32).sqrt();
-    for row in buf.query_table[..v * qkv].chunks_exact_mut(qkv) {
-        row.iter_mut().zip(w.b_q).for_each(|(x, b)| *x += b);
+    for (table, bias) in [
+        (&mut buf.query_table, w.b_q),
+        (&mut buf.key_table, w.b_k),
+        (&mut buf.value_table, w.b_v),
+    ] {
+        for row in table[..v * qkv].chunks_exact_mut(qkv) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
     }
+    let scale = 1.0 / (dh as f32).sqrt();
     buf.query_table.iter_mut().for_each(|q| *q *= scale);
     let query_table = &buf.query_table;
     buf.q
@@ -65,11 +62,6 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
                 *q = a + b;
             }
         });
-    for (table, bias) in [(&mut buf.key_table, w.b_k), (&mut buf.value_table, w.b_v)] {
-        for row in table[..v * qkv].chunks_exact_mut(qkv) {
-            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-        }
-    }
 
     for head in 0..h {
         let q_head = Mat::cols(&buf.q, head * dh, b, dh, qkv);
@@ -85,8 +77,16 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         matmul(z, weights, values, 1.0, false);
     }
 
-    // resid_mid = x + z W_O + b_O; W_O as [head * d_head, d_model] is its stored layout.
-    add_rows(&mut buf.resid_mid, &buf.x, w.b_o);
+    // resid_mid = x + z W_O + b_O, with x = W_E[token] + W_pos[pos] the residual stream at the
+    // query; W_O as [head * d_head, d_model] is its stored layout.
+    for (row, x) in buf.resid_mid.chunks_exact_mut(d).enumerate() {
+        let (example, pos) = s.query_of(row);
+        let token = tokens[example * t + pos] as usize;
+        let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
+        for (((x, e), p), b) in x.iter_mut().zip(e).zip(p).zip(w.b_o) {
+            *x = e + p + b;
+        }
+    }
     matmul(
         MatMut::rows(&mut buf.resid_mid, b, d),
         Mat::rows(&buf.z, b, qkv),

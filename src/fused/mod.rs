@@ -156,13 +156,10 @@ impl FusedStep {
     }
 
     /// Bytes of the buffers of `cfg`'s step on batches of `batch_size`: one batch's
-    /// activations, their gradients and the weights' gradients. Counted from the shapes (in
-    /// f64), so a run's memory can be estimated before anything is allocated.
-    pub fn buffer_bytes(cfg: &TrainConfig, batch_size: usize) -> f64 {
-        let specs = cfg.model.param_specs();
-        let trained = specs.iter().filter(|s| s.trained);
-        let size = |shape: &[usize]| shape.iter().map(|&n| n as f64).product::<f64>();
-        let trained: f64 = trained.map(|s| size(&s.shape)).sum();
+    /// activations, their gradients and the gradients of the `trained` trained floats.
+    /// Counted from the shapes (in f64), so a run's memory can be estimated before anything
+    /// is allocated.
+    pub fn buffer_bytes(cfg: &TrainConfig, batch_size: usize, trained: f64) -> f64 {
         Shapes::of(cfg, batch_size).buffer_bytes(trained)
     }
 

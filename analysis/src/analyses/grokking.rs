@@ -9,7 +9,7 @@
 //! give the Gini coefficient of the embedding's Fourier norms and the sum of squared weights.
 //! The key frequencies come from the MLP neurons at one snapshot (default the last).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use digitlab::modp::ModpTask;
 use digitlab::output_stats::output_stats;
 use digitlab_snapshots::write_parquet_atomic;
@@ -53,12 +53,7 @@ pub fn modp_task(run: &Run) -> Result<&ModpTask> {
 /// returns one line per table, and the phase figures.
 pub fn run_grokking(run: &Run, options: &EvalOptions) -> Result<(Vec<String>, GrokkingPhases)> {
     let modp = modp_task(run)?;
-    if !(options.key_threshold > 0.0 && options.key_threshold <= 1.0) {
-        bail!(
-            "--key-threshold must be a fraction above 0 and at most 1, got {}",
-            options.key_threshold
-        );
-    }
+    options.validate(run)?;
     let entries = run.select(&options.selection)?;
     let p = modp.p;
     let grid = Grid { n: p };
