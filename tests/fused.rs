@@ -143,6 +143,31 @@ fn answer_layout_fused_step_matches_candle_autograd() {
     }
 }
 
+/// Modular addition: three positions and a table of `p + 4` rows, where attention runs row by
+/// row over each query's prefix instead of as dense products (`Shapes::attention_per_row`).
+#[test]
+fn modular_addition_fused_step_matches_candle_autograd() {
+    // (p, d_model, n_heads, d_mlp), full batch (30% of the p^2 pairs)
+    let shapes = [
+        (113, 128, 4, 512), // the paper's model: 3,831 rows, many parallel blocks
+        (23, 8, 8, 32),     // d_head 1
+        (29, 24, 1, 96),    // one head
+        (31, 15, 3, 37),    // odd sizes
+    ];
+    for (p, d_model, n_heads, d_mlp) in shapes {
+        let mut cfg = TrainConfig::default_for(TaskConfig::modp(p, 0.3, 100), d_model, n_heads);
+        assert!(
+            cfg.task.d_vocab() + cfg.task.n_ctx() >= 8 * cfg.task.n_ctx(),
+            "p {p} must take the per-row attention path"
+        );
+        cfg.model.d_mlp = d_mlp;
+        cfg.seed = d_model as u64;
+        cfg.validate().unwrap();
+        assert!(cfg.fused_step_applies());
+        compare_on(&cfg);
+    }
+}
+
 fn shaped(
     task: TaskConfig,
     d_model: usize,
@@ -246,7 +271,11 @@ fn ten_steps(cfg: &TrainConfig, threads: usize) -> (TrainState, Vec<u32>) {
 
 #[test]
 fn fused_training_gives_the_same_bytes_at_any_thread_count_and_across_a_checkpoint() {
-    for task in [prompt(5), answer(5, (0..=5).collect())] {
+    for task in [
+        prompt(5),
+        answer(5, (0..=5).collect()),
+        TaskConfig::modp(23, 0.3, 100),
+    ] {
         let cfg = with_kernel(&TrainConfig::default_for(task, 128, 4), StepKind::Fused);
         same_bytes_at_any_thread_count_and_across_a_checkpoint(&cfg);
     }

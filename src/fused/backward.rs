@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::buffers::{Buffers, Shapes};
+use super::forward::{dot, head_row};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
 
@@ -32,6 +33,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         d_z,
         d_table_weights,
         d_table_scores,
+        d_scores,
         d_q,
         d_key_table,
         d_value_table,
@@ -127,42 +129,43 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         false,
     );
 
-    // z = table weights @ value table, per head.
-    for head in 0..h {
-        let block = head * b * r..(head + 1) * b * r;
-        let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
-        let values = Mat::cols(value_table, head * dh, r, dh, qkv);
-        let d_weights = MatMut::rows(&mut d_table_weights[block.clone()], b, r);
-        matmul(d_weights, d_z_head, values.t(), 1.0, false);
-        let weights = Mat::rows(&table_weights[block], b, r);
-        let d_values = MatMut::cols(d_value_table, head * dh, r, dh, qkv);
-        matmul(d_values, weights.t(), d_z_head, 1.0, false);
-    }
-    pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
-
-    // Scores = scaled q . key table rows; q = (query table rows + b_Q) / sqrt(d_head).
+    // Through attention to the gradients of each row's query and of the key and value tables
+    // (`[head, table row, d_head]`), then the queries' into the query table.
     let scale = 1.0 / (dh as f32).sqrt();
-    for head in 0..h {
-        let block = head * b * r..(head + 1) * b * r;
-        let d_scores = Mat::rows(&d_table_scores[block], b, r);
-        let keys = Mat::cols(key_table, head * dh, r, dh, qkv);
-        let d_q_head = MatMut::cols(d_q, head * dh, b, dh, qkv);
-        matmul(d_q_head, d_scores, keys, scale, false);
-        let q_head = Mat::cols(q, head * dh, b, dh, qkv);
-        let d_keys = MatMut::cols(d_key_table, head * dh, r, dh, qkv);
-        matmul(d_keys, d_scores.t(), q_head, 1.0, false);
-    }
-
-    // The query table's gradient: each row's query is its token's row plus its position's.
-    d_query_table.fill(0.0);
-    for (row, d_q) in d_q.chunks_exact(qkv).enumerate() {
-        let (example, pos) = s.query_of(row);
-        let token = tokens[example * s.pos + pos] as usize;
-        for table_row in [token, v + pos] {
-            let d_row = &mut d_query_table[table_row * qkv..][..qkv];
-            d_row.iter_mut().zip(d_q).for_each(|(d, g)| *d += g);
+    if s.attention_per_row() {
+        let from = Attention {
+            q,
+            pattern,
+            keys: key_table,
+            values: value_table,
+            d_z,
+        };
+        attention_backward_per_row(s, tokens, &from, d_scores, d_q);
+        key_value_gradients_into_tables(s, tokens, &from, d_scores, d_key_table, d_value_table);
+    } else {
+        // z = table weights @ value table, per head.
+        for head in 0..h {
+            let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
+            let values = Mat::cols(value_table, head * dh, r, dh, qkv);
+            let d_weights = MatMut::cols(d_table_weights, head * r, b, r, h * r);
+            matmul(d_weights, d_z_head, values.t(), 1.0, false);
+            let weights = Mat::cols(table_weights, head * r, b, r, h * r);
+            let d_values = MatMut::head(d_value_table, head, r, dh);
+            matmul(d_values, weights.t(), d_z_head, 1.0, false);
+        }
+        pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
+        // Scores = q . key table rows, with q already scaled by 1 / sqrt(d_head).
+        for head in 0..h {
+            let d_scores = Mat::cols(d_table_scores, head * r, b, r, h * r);
+            let keys = Mat::cols(key_table, head * dh, r, dh, qkv);
+            let d_q_head = MatMut::cols(d_q, head * dh, b, dh, qkv);
+            matmul(d_q_head, d_scores, keys, scale, false);
+            let q_head = Mat::cols(q, head * dh, b, dh, qkv);
+            let d_keys = MatMut::head(d_key_table, head, r, dh);
+            matmul(d_keys, d_scores.t(), q_head, 1.0, false);
         }
     }
+    query_gradients_into_table(s, tokens, d_q, d_query_table);
 
     // Projections of the table rows into queries, keys and values, per head.
     let table_in = Mat::rows(table_in, r, d);
@@ -173,7 +176,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
             (&*d_value_table, &mut *g_v, w.w_v),
         ];
         for (i, (d_table, grad, weight)) in projections.into_iter().enumerate() {
-            let d_table = Mat::cols(d_table, head * dh, r, dh, qkv);
+            let d_table = Mat::head(d_table, head, r, dh);
             matmul(
                 MatMut::head(grad, head, d, dh),
                 table_in.t(),
@@ -221,30 +224,167 @@ fn pattern_backward(
     d_table_weights: &[f32],
     d_table_scores: &mut [f32],
 ) {
-    let (b, t, v, r) = (s.rows(), s.pos, s.d_vocab, s.table_rows());
-    // One (head, row) pair per item, as in the forward pass.
+    let (t, v, r, h) = (s.pos, s.d_vocab, s.table_rows(), s.n_heads);
     d_table_scores
-        .par_chunks_exact_mut(r)
-        .zip(d_table_weights.par_chunks_exact(r))
-        .zip(pattern.par_chunks_exact(t))
+        .par_chunks_exact_mut(h * r)
+        .zip(d_table_weights.par_chunks_exact(h * r))
+        .zip(pattern.par_chunks_exact(h * t))
         .enumerate()
-        .with_min_len(64)
-        .for_each(|(i, ((d_scores, d_weights), pattern))| {
-            let (example, query) = s.query_of(i % b);
+        .with_min_len(16)
+        .for_each_init(|| vec![0.0; t], |d_pattern, (row, ((d_scores, d_weights), pattern))| {
+            let (example, query) = s.query_of(row);
             let tokens = &tokens[example * t..][..query + 1];
-            let pattern = &pattern[..query + 1];
-            let d_pattern = |j: usize, token: u32| d_weights[token as usize] + d_weights[v + j];
-            let dot: f32 = (0..=query)
-                .map(|j| pattern[j] * d_pattern(j, tokens[j]))
-                .sum();
-            d_scores[..v].fill(0.0);
-            d_scores[v + query + 1..].fill(0.0);
-            for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
-                let g = p * (d_pattern(j, token) - dot);
-                d_scores[token as usize] += g;
-                d_scores[v + j] = g;
+            let heads = d_scores
+                .chunks_exact_mut(r)
+                .zip(d_weights.chunks_exact(r))
+                .zip(pattern.chunks_exact(t));
+            for ((d_scores, d_weights), pattern) in heads {
+                let pattern = &pattern[..query + 1];
+                let d_pattern = &mut d_pattern[..query + 1];
+                for (j, (g, &token)) in d_pattern.iter_mut().zip(tokens).enumerate() {
+                    *g = d_weights[token as usize] + d_weights[v + j];
+                }
+                softmax_backward_in_place(pattern, d_pattern);
+                d_scores[..v].fill(0.0);
+                d_scores[v + query + 1..].fill(0.0);
+                for (j, (&g, &token)) in d_pattern.iter().zip(tokens).enumerate() {
+                    d_scores[token as usize] += g;
+                    d_scores[v + j] = g;
+                }
             }
         });
+}
+
+/// What the per-row attention backward reads: the forward pass's scaled queries and patterns,
+/// the key and value tables, and the gradient of `z`.
+struct Attention<'a> {
+    q: &'a [f32],
+    pattern: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    d_z: &'a [f32],
+}
+
+/// Per-row attention backward (see [`Shapes::attention_per_row`]), rows in parallel: the
+/// gradient of each row's pattern (`d_z . (token value + position value)`), of its scores
+/// through the softmax (into `d_scores`, `[row, head, pos]`), and of its query, `d_scores`
+/// times the keys, by `1 / sqrt(d_head)` for the scaled query table.
+fn attention_backward_per_row(
+    s: &Shapes,
+    tokens: &[u32],
+    f: &Attention,
+    d_scores: &mut [f32],
+    d_q: &mut [f32],
+) {
+    let (t, v, h, dh, qkv) = (s.pos, s.d_vocab, s.n_heads, s.d_head, s.qkv());
+    let scale = 1.0 / (dh as f32).sqrt();
+    d_q.par_chunks_exact_mut(qkv)
+        .zip(d_scores.par_chunks_exact_mut(h * t))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, (d_q, d_scores))| {
+            let (example, query) = s.query_of(row);
+            let tokens = &tokens[example * t..][..query + 1];
+            for (head, d_scores) in d_scores.chunks_exact_mut(t).enumerate() {
+                let first = head * dh;
+                let d_z = &f.d_z[row * qkv + first..][..dh];
+                let pattern = &f.pattern[(row * h + head) * t..][..query + 1];
+                d_scores[query + 1..].fill(0.0);
+                let d_scores = &mut d_scores[..query + 1];
+                for (j, (g, &token)) in d_scores.iter_mut().zip(tokens).enumerate() {
+                    let value_token = head_row(f.values, token as usize, qkv, first, dh);
+                    let value_pos = head_row(f.values, v + j, qkv, first, dh);
+                    *g = dot(d_z, value_token) + dot(d_z, value_pos);
+                }
+                softmax_backward_in_place(pattern, d_scores);
+                let d_q = &mut d_q[first..][..dh];
+                d_q.fill(0.0);
+                for (j, (&g, &token)) in d_scores.iter().zip(tokens).enumerate() {
+                    let key_token = head_row(f.keys, token as usize, qkv, first, dh);
+                    let key_pos = head_row(f.keys, v + j, qkv, first, dh);
+                    for ((d, a), b) in d_q.iter_mut().zip(key_token).zip(key_pos) {
+                        *d += scale * g * (a + b);
+                    }
+                }
+            }
+        });
+}
+
+/// The key and value tables' gradients of per-row attention: a row's key (value) at a
+/// position is its token's row plus the position's, so both rows receive `d_score * q` (`p *
+/// d_z`). One head per task, its rows in row order, so the sums do not depend on the thread
+/// count.
+fn key_value_gradients_into_tables(
+    s: &Shapes,
+    tokens: &[u32],
+    f: &Attention,
+    d_scores: &[f32],
+    d_key_table: &mut [f32],
+    d_value_table: &mut [f32],
+) {
+    let (t, v, h, dh, qkv, r) = (
+        s.pos,
+        s.d_vocab,
+        s.n_heads,
+        s.d_head,
+        s.qkv(),
+        s.table_rows(),
+    );
+    d_key_table
+        .par_chunks_exact_mut(r * dh)
+        .zip(d_value_table.par_chunks_exact_mut(r * dh))
+        .enumerate()
+        .for_each(|(head, (d_keys, d_values))| {
+            d_keys.fill(0.0);
+            d_values.fill(0.0);
+            for row in 0..s.rows() {
+                let (example, query) = s.query_of(row);
+                let tokens = &tokens[example * t..][..query + 1];
+                let q = &f.q[row * qkv + head * dh..][..dh];
+                let d_z = &f.d_z[row * qkv + head * dh..][..dh];
+                let at = (row * h + head) * t;
+                let (pattern, d_scores) = (&f.pattern[at..][..t], &d_scores[at..][..t]);
+                for (j, &token) in tokens.iter().enumerate() {
+                    let (g, p) = (d_scores[j], pattern[j]);
+                    for table_row in [token as usize, v + j] {
+                        let d_key = &mut d_keys[table_row * dh..][..dh];
+                        d_key.iter_mut().zip(q).for_each(|(d, q)| *d += g * q);
+                        let d_value = &mut d_values[table_row * dh..][..dh];
+                        d_value.iter_mut().zip(d_z).for_each(|(d, z)| *d += p * z);
+                    }
+                }
+            }
+        });
+}
+
+/// The query table's gradient (`[head, table row, d_head]`): each row's query is its token's
+/// row plus its position's, so both receive the row's `d_q`. One head per task, rows in row
+/// order.
+fn query_gradients_into_table(s: &Shapes, tokens: &[u32], d_q: &[f32], d_query_table: &mut [f32]) {
+    let (dh, qkv, r, v) = (s.d_head, s.qkv(), s.table_rows(), s.d_vocab);
+    d_query_table
+        .par_chunks_exact_mut(r * dh)
+        .enumerate()
+        .for_each(|(head, d_table)| {
+            d_table.fill(0.0);
+            for (row, d_q) in d_q.chunks_exact(qkv).enumerate() {
+                let (example, pos) = s.query_of(row);
+                let token = tokens[example * s.pos + pos] as usize;
+                let d_q = &d_q[head * dh..][..dh];
+                for table_row in [token, v + pos] {
+                    let d_row = &mut d_table[table_row * dh..][..dh];
+                    d_row.iter_mut().zip(d_q).for_each(|(d, g)| *d += g);
+                }
+            }
+        });
+}
+
+/// A pattern's gradient to its scores' through the softmax, in place: `p * (d_p - p . d_p)`.
+fn softmax_backward_in_place(pattern: &[f32], d_pattern: &mut [f32]) {
+    let mean = dot(pattern, d_pattern);
+    for (g, p) in d_pattern.iter_mut().zip(pattern) {
+        *g = p * (*g - mean);
+    }
 }
 
 /// `sums[j] = sum_i rows[i][j]` over rows of `sums.len()`. Blocks of columns run in

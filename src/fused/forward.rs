@@ -63,30 +63,38 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
             }
         });
 
-    for head in 0..h {
-        let q_head = Mat::cols(&buf.q, head * dh, b, dh, qkv);
-        let keys = Mat::cols(&buf.key_table, head * dh, r, dh, qkv);
-        let scores = MatMut::rows(&mut buf.table_scores[head * b * r..][..b * r], b, r);
-        matmul(scores, q_head, keys.t(), 1.0, false);
-    }
-    attention_pattern(s, tokens, buf);
-    for head in 0..h {
-        let weights = Mat::rows(&buf.table_weights[head * b * r..][..b * r], b, r);
-        let values = Mat::cols(&buf.value_table, head * dh, r, dh, qkv);
-        let z = MatMut::cols(&mut buf.z, head * dh, b, dh, qkv);
-        matmul(z, weights, values, 1.0, false);
+    if s.attention_per_row() {
+        attention_per_row(s, tokens, buf);
+    } else {
+        for head in 0..h {
+            let q_head = Mat::cols(&buf.q, head * dh, b, dh, qkv);
+            let keys = Mat::cols(&buf.key_table, head * dh, r, dh, qkv);
+            let scores = MatMut::cols(&mut buf.table_scores, head * r, b, r, h * r);
+            matmul(scores, q_head, keys.t(), 1.0, false);
+        }
+        attention_pattern(s, tokens, buf);
+        for head in 0..h {
+            let weights = Mat::cols(&buf.table_weights, head * r, b, r, h * r);
+            let values = Mat::cols(&buf.value_table, head * dh, r, dh, qkv);
+            let z = MatMut::cols(&mut buf.z, head * dh, b, dh, qkv);
+            matmul(z, weights, values, 1.0, false);
+        }
     }
 
     // resid_mid = x + z W_O + b_O, with x = W_E[token] + W_pos[pos] the residual stream at the
     // query; W_O as [head * d_head, d_model] is its stored layout.
-    for (row, x) in buf.resid_mid.chunks_exact_mut(d).enumerate() {
-        let (example, pos) = s.query_of(row);
-        let token = tokens[example * t + pos] as usize;
-        let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
-        for (((x, e), p), b) in x.iter_mut().zip(e).zip(p).zip(w.b_o) {
-            *x = e + p + b;
-        }
-    }
+    buf.resid_mid
+        .par_chunks_exact_mut(d)
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(row, x)| {
+            let (example, pos) = s.query_of(row);
+            let token = tokens[example * t + pos] as usize;
+            let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
+            for (((x, e), p), b) in x.iter_mut().zip(e).zip(p).zip(w.b_o) {
+                *x = e + p + b;
+            }
+        });
     matmul(
         MatMut::rows(&mut buf.resid_mid, b, d),
         Mat::rows(&buf.z, b, qkv),
@@ -96,93 +104,163 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     );
 
     // MLP: post = ReLU(resid_mid W_in + b_in); resid_post = resid_mid + post W_out + b_out.
-    broadcast_rows(&mut buf.pre, w.b_in);
+    // Biases are added in the parallel passes after each product, not broadcast before it.
     matmul(
         MatMut::rows(&mut buf.pre, b, m),
         Mat::rows(&buf.resid_mid, b, d),
         Mat::rows(w.w_in, d, m),
         1.0,
-        true,
+        false,
     );
-    buf.post
-        .par_chunks_mut(1 << 14)
-        .zip(buf.pre.par_chunks(1 << 14))
-        .for_each(|(post, pre)| {
-            for (post, pre) in post.iter_mut().zip(pre) {
+    buf.pre
+        .par_chunks_exact_mut(m)
+        .zip(buf.post.par_chunks_exact_mut(m))
+        .with_min_len(16)
+        .for_each(|(pre, post)| {
+            for ((pre, post), b) in pre.iter_mut().zip(post).zip(w.b_in) {
+                *pre += b;
                 *post = pre.max(0.0);
             }
         });
-    add_rows(&mut buf.resid_post, &buf.resid_mid, w.b_out);
     matmul(
         MatMut::rows(&mut buf.resid_post, b, d),
         Mat::rows(&buf.post, b, m),
         Mat::rows(w.w_out, m, d),
         1.0,
-        true,
+        false,
     );
+    buf.resid_post
+        .par_chunks_exact_mut(d)
+        .zip(buf.resid_mid.par_chunks_exact(d))
+        .with_min_len(64)
+        .for_each(|(y, x)| {
+            for ((y, x), b) in y.iter_mut().zip(x).zip(w.b_out) {
+                *y += x + b;
+            }
+        });
 
-    let logits = &mut buf.result.logits;
-    broadcast_rows(logits, w.b_u);
     matmul(
-        MatMut::rows(logits, b, o),
+        MatMut::rows(&mut buf.result.logits, b, o),
         Mat::rows(&buf.resid_post, b, d),
         Mat::rows(w.w_u, d, o),
         1.0,
-        true,
+        false,
     );
-    cross_entropy(s, buf);
+    cross_entropy(s, w.b_u, buf);
 }
 
 /// Softmax over the positions up to the query of `q . (token key + position key)`, then the
 /// attention mass per table row: a token row collects the mass of every position holding that
 /// token; positions after the query get none.
 fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
-    let (b, t, v, r) = (s.rows(), s.pos, s.d_vocab, s.table_rows());
-    // One (head, row) pair per item: its scores, table weights and pattern are contiguous.
+    let (t, v, r, h) = (s.pos, s.d_vocab, s.table_rows(), s.n_heads);
     buf.table_scores
-        .par_chunks_exact(r)
-        .zip(buf.table_weights.par_chunks_exact_mut(r))
-        .zip(buf.pattern.par_chunks_exact_mut(t))
+        .par_chunks_exact(h * r)
+        .zip(buf.table_weights.par_chunks_exact_mut(h * r))
+        .zip(buf.pattern.par_chunks_exact_mut(h * t))
         .enumerate()
-        .with_min_len(64)
-        .for_each(|(i, ((scores, weights), pattern))| {
-            let (example, query) = s.query_of(i % b);
+        .with_min_len(16)
+        .for_each(|(row, ((scores, weights), pattern))| {
+            let (example, query) = s.query_of(row);
             let tokens = &tokens[example * t..][..query + 1];
-            pattern[query + 1..].fill(0.0);
-            let pattern = &mut pattern[..query + 1];
-            let mut max = f32::NEG_INFINITY;
-            for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
-                *p = scores[token as usize] + scores[v + j];
-                max = max.max(*p);
-            }
-            let mut sum = 0.0;
-            for p in pattern.iter_mut() {
-                *p = (*p - max).exp();
-                sum += *p;
-            }
-            weights[..v].fill(0.0);
-            weights[v + query + 1..].fill(0.0);
-            for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
-                *p /= sum;
-                weights[token as usize] += *p;
-                weights[v + j] = *p;
+            let heads = scores
+                .chunks_exact(r)
+                .zip(weights.chunks_exact_mut(r))
+                .zip(pattern.chunks_exact_mut(t));
+            for ((scores, weights), pattern) in heads {
+                pattern[query + 1..].fill(0.0);
+                let pattern = &mut pattern[..query + 1];
+                for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
+                    *p = scores[token as usize] + scores[v + j];
+                }
+                softmax_in_place(pattern);
+                weights[..v].fill(0.0);
+                weights[v + query + 1..].fill(0.0);
+                for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
+                    weights[token as usize] += p;
+                    weights[v + j] = p;
+                }
             }
         });
 }
 
-/// The mean cross-entropy of the logits over query rows and its gradient `(softmax -
-/// one_hot) / rows`. Rows run in parallel; their losses are added in row order.
-fn cross_entropy(s: &Shapes, buf: &mut Buffers) {
+/// The same pattern and `z` as the dense products and [`attention_pattern`], row by row over
+/// each query's prefix (see [`Shapes::attention_per_row`]): scores are `q . (token key +
+/// position key)` and `z` is the pattern's mix of `token value + position value`.
+fn attention_per_row(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
+    let (t, v, h, dh, qkv) = (s.pos, s.d_vocab, s.n_heads, s.d_head, s.qkv());
+    let (keys, values) = (&buf.key_table, &buf.value_table);
+    buf.q
+        .par_chunks_exact(qkv)
+        .zip(buf.pattern.par_chunks_exact_mut(h * t))
+        .zip(buf.z.par_chunks_exact_mut(qkv))
+        .enumerate()
+        .with_min_len(16)
+        .for_each(|(row, ((q, pattern), z))| {
+            let (example, query) = s.query_of(row);
+            let tokens = &tokens[example * t..][..query + 1];
+            for (head, pattern) in pattern.chunks_exact_mut(t).enumerate() {
+                let first = head * dh;
+                let q = &q[first..][..dh];
+                pattern[query + 1..].fill(0.0);
+                let pattern = &mut pattern[..query + 1];
+                for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
+                    let key_token = head_row(keys, token as usize, qkv, first, dh);
+                    let key_pos = head_row(keys, v + j, qkv, first, dh);
+                    *p = dot(q, key_token) + dot(q, key_pos);
+                }
+                softmax_in_place(pattern);
+                let z = &mut z[first..][..dh];
+                z.fill(0.0);
+                for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
+                    let value_token = head_row(values, token as usize, qkv, first, dh);
+                    let value_pos = head_row(values, v + j, qkv, first, dh);
+                    for ((z, a), b) in z.iter_mut().zip(value_token).zip(value_pos) {
+                        *z += p * (a + b);
+                    }
+                }
+            }
+        });
+}
+
+/// Scores to their softmax, in place.
+fn softmax_in_place(scores: &mut [f32]) {
+    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let mut sum = 0.0;
+    for p in scores.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    scores.iter_mut().for_each(|p| *p /= sum);
+}
+
+/// `a . b`.
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// Columns `first..first + len` of row `row` of a row-major table with rows of `width` (one
+/// head's part of a query, key or value table row).
+pub(super) fn head_row(table: &[f32], row: usize, width: usize, first: usize, len: usize) -> &[f32] {
+    &table[row * width + first..][..len]
+}
+
+/// Adds the unembedding bias `b_u` to the logits, then the mean cross-entropy of the logits
+/// over query rows and its gradient `(softmax - one_hot) / rows`. Rows run in parallel; their
+/// losses are added in row order.
+fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
     let (o, b) = (s.d_vocab_out, s.rows() as f32);
     let result = &mut buf.result;
     result
         .logits
-        .par_chunks_exact(o)
+        .par_chunks_exact_mut(o)
         .zip(buf.d_logits.par_chunks_exact_mut(o))
         .zip(result.targets.par_iter())
         .zip(buf.row_loss.par_iter_mut())
         .with_min_len(64)
         .for_each(|(((logits, d_logits), &target), loss)| {
+            logits.iter_mut().zip(b_u).for_each(|(x, b)| *x += b);
+            let logits = &*logits;
             let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
             let mut sum = 0.0;
             for (d, &x) in d_logits.iter_mut().zip(logits) {
@@ -195,23 +273,4 @@ fn cross_entropy(s: &Shapes, buf: &mut Buffers) {
             d_logits[target] -= 1.0 / b;
         });
     result.loss = (buf.row_loss.iter().sum::<f64>() / f64::from(b)) as f32;
-}
-
-/// Every row of `dst` (rows of `bias.len()`) set to `src`'s row plus `bias`.
-fn add_rows(dst: &mut [f32], src: &[f32], bias: &[f32]) {
-    for (dst, src) in dst
-        .chunks_exact_mut(bias.len())
-        .zip(src.chunks_exact(bias.len()))
-    {
-        for ((y, x), b) in dst.iter_mut().zip(src).zip(bias) {
-            *y = x + b;
-        }
-    }
-}
-
-/// Every row of `dst` set to `bias`.
-fn broadcast_rows(dst: &mut [f32], bias: &[f32]) {
-    for row in dst.chunks_exact_mut(bias.len()) {
-        row.copy_from_slice(bias);
-    }
 }
