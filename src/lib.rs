@@ -6,6 +6,7 @@
 
 pub mod allocator;
 pub mod config;
+mod exp;
 pub mod fused;
 pub mod log_softmax;
 pub mod model;

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::exp::exp;
 use crate::log_softmax::first_argmax;
 
 /// Output-logit statistics over a set of predictions.
@@ -23,7 +24,7 @@ pub struct OutputStats {
 /// Rows are summarised in parallel (a full-batch modular-addition step has 3,831 rows of 113
 /// logits) and their sums taken in row order, so the result does not depend on the number of
 /// threads. One exponential per logit serves both statistics: the float32 `exp(x - max)` that
-/// float32 softmax computes decides saturation, and the same terms, summed in f64 with
+/// float32 softmax computes (with [`crate::exp`], as the training step does) decides saturation, and the same terms, summed in f64 with
 /// `ln_1p` as in [`crate::log_softmax`], give the logsumexp. Rounding `x - max` to float32
 /// costs the log's losses at most about 1e-6 of their value (a second, f64 exponential per
 /// logit took 9% of a full-batch modular-addition step); the analyses work in f64 throughout.
@@ -31,19 +32,20 @@ pub fn output_stats(logits: &[f32], n_out: usize, targets: &[u32], n_digits: usi
     let rows: Vec<(f64, bool)> = logits
         .par_chunks_exact(n_out)
         .zip(targets.par_iter())
-        .map(|(row, &target)| {
+        .map_init(Vec::new, |exps, (row, &target)| {
             let top = first_argmax(row);
             let m = row[top];
             // Softmax as float32 computes it: exp(x - max) / sum.
-            let (mut denom, mut rest) = (0f32, 0f64);
-            for (i, &x) in row.iter().enumerate() {
-                let e = (x - m).exp();
-                denom += e;
-                if i != top {
-                    rest += f64::from(e);
-                }
-            }
-            let saturated = (row[target as usize] - m).exp() / denom == 1.0;
+            exps.clear();
+            exps.extend(row.iter().map(|&x| exp(x - m)));
+            let denom: f32 = exps.iter().sum();
+            let saturated = exps[target as usize] / denom == 1.0;
+            let rest: f64 = exps
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != top)
+                .map(|(_, &e)| f64::from(e))
+                .sum();
             (f64::from(m) + rest.ln_1p(), saturated)
         })
         .collect();

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::buffers::{Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
+use crate::exp::exp;
 
 /// Fills `buf` with the activations of `tokens` (`[batch, pos]`), the logits, the loss and the
 /// gradient of the loss with respect to the logits.
@@ -226,11 +227,8 @@ fn attention_per_row(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
 /// Scores to their softmax, in place.
 fn softmax_in_place(scores: &mut [f32]) {
     let max = scores.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-    let mut sum = 0.0;
-    for p in scores.iter_mut() {
-        *p = (*p - max).exp();
-        sum += *p;
-    }
+    scores.iter_mut().for_each(|p| *p = exp(*p - max));
+    let sum: f32 = scores.iter().sum();
     scores.iter_mut().for_each(|p| *p /= sum);
 }
 
@@ -262,11 +260,11 @@ fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
             logits.iter_mut().zip(b_u).for_each(|(x, b)| *x += b);
             let logits = &*logits;
             let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
-            let mut sum = 0.0;
+            // Exponentials first, then their sum in order: the first loop vectorises.
             for (d, &x) in d_logits.iter_mut().zip(logits) {
-                *d = (x - max).exp();
-                sum += *d;
+                *d = exp(x - max);
             }
+            let sum: f32 = d_logits.iter().sum();
             let target = target as usize;
             *loss = f64::from(max + sum.ln() - logits[target]);
             d_logits.iter_mut().for_each(|d| *d /= sum * b);

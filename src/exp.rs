@@ -1,0 +1,91 @@
+//! A float32 exponential that loops can vectorise, for the softmaxes of training.
+//!
+//! `f32::exp` calls the C library's `expf` once per element, a call the compiler cannot
+//! vectorise: it was 5.6% of a full-batch modular-addition epoch (softmax over 113 logits for
+//! 3,831 rows, in the step and again in the log's statistics). Written by hand because it
+//! must inline into those loops: the Cephes range reduction `x = n ln 2 + r` and a degree-6
+//! polynomial for `e^r`, without branches, so that a loop over a row compiles to SIMD. Its
+//! error is at most 2 float32 ulps over the range softmax uses (`x <= 0`); `exp(0)` is exactly
+//! 1, so a row's largest logit still contributes exactly 1 to its softmax denominator.
+
+/// Below this (`e^x < 2.6e-38`, twice float32's smallest normal number) it returns 0, as
+/// flush-to-zero (on in training, see `fused::denormals`) nearly would anyway.
+const MIN_ARG: f32 = -86.98;
+/// Above this `e^x` overflows float32; it returns infinity.
+const MAX_ARG: f32 = 88.722_83;
+
+/// `e^x` in float32 (0 below `MIN_ARG`, infinity above `MAX_ARG`, NaN for NaN).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts: `n * LN2_HI` is exact for |n| < 2^9, so `r` keeps its low bits.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a call to
+    // `round` (which baseline x86-64 does not have as an instruction).
+    const ROUND: f32 = 12_582_912.0;
+    let clamped = x.clamp(MIN_ARG, MAX_ARG);
+    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let e_r = p * r * r + r + 1.0;
+    // 2^n as 2^(n - 1) from its exponent bits, times 2: n is in [-125, 128], so the biased
+    // exponent n - 1 + 127 stays in [1, 254] even where e^x is near float32's largest.
+    let half = f32::from_bits((((n as i32) + 126) as u32) << 23);
+    let y = e_r * half * 2.0;
+    if x < MIN_ARG {
+        0.0
+    } else if x > MAX_ARG {
+        f32::INFINITY
+    } else {
+        // NaN fails both comparisons and its clamp is NaN, so it comes out here as NaN.
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Float32 ulps between `got` and the correctly rounded `e^x`.
+    fn ulps(got: f32, x: f32) -> u32 {
+        let want = f64::from(x).exp() as f32;
+        got.to_bits().abs_diff(want.to_bits())
+    }
+
+    #[test]
+    fn within_two_ulps_of_the_f64_exponential_over_the_softmax_range() {
+        let n = 2_000_000;
+        let mut worst = (0, 0.0f32);
+        for i in 0..=n {
+            let x = MIN_ARG + (0.0 - MIN_ARG) * i as f32 / n as f32;
+            let u = ulps(exp(x), x);
+            if u > worst.0 {
+                worst = (u, x);
+            }
+        }
+        assert!(worst.0 <= 2, "{} ulps at x = {}", worst.0, worst.1);
+        // And positive arguments up to overflow.
+        for i in 0..=100_000 {
+            let x = MAX_ARG * i as f32 / 100_000.0;
+            assert!(ulps(exp(x), x) <= 2, "x = {x}");
+        }
+    }
+
+    #[test]
+    fn exact_at_zero_and_the_edges_are_zero_infinity_and_nan() {
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-0.0), 1.0);
+        assert_eq!(exp(-88.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(MIN_ARG) > 0.0 && exp(MIN_ARG).is_normal());
+        assert!(exp(MAX_ARG).is_finite());
+    }
+}
