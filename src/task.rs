@@ -5,6 +5,7 @@
 //! Numbers are kept as digit arrays, least significant first, so that `a[k]` is the digit `a_k` of docs/metrics.md.
 
 use anyhow::{bail, Result};
+use arrayvec::ArrayVec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -137,26 +138,35 @@ impl TaskConfig {
 
     /// The tokens of `a + b` in this layout.
     pub fn tokens(&self, pair: &Pair) -> Vec<u32> {
-        let n = self.n_digits;
         let mut tokens = Vec::with_capacity(self.n_ctx());
+        self.push_tokens(pair, &mut tokens);
+        tokens
+    }
+
+    /// [`TaskConfig::tokens`], appended to `tokens`.
+    fn push_tokens(&self, pair: &Pair, tokens: &mut Vec<u32>) {
         tokens.extend(pair.a.iter().rev().map(|&d| d as u32));
         tokens.push(PLUS);
         tokens.extend(pair.b.iter().rev().map(|&d| d as u32));
         tokens.push(EQUALS);
         if self.layout == Layout::Answer {
-            let sum = pair.sum_digits();
-            tokens.extend((0..=n).rev().map(|k| sum[k] as u32));
+            tokens.extend(pair.sum_digits().iter().rev().map(|&d| d as u32));
         }
-        tokens
     }
 }
 
 /// Two operands as digits, least significant first (`a[k]` is `a_k`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pair {
-    pub a: Vec<u8>,
-    pub b: Vec<u8>,
+    pub a: Digits,
+    pub b: Digits,
 }
+
+/// The digits of one operand, held inline (no allocation per pair).
+pub type Digits = ArrayVec<u8, MAX_DIGITS>;
+
+/// The digits `s_0 … s_n` of a sum, or the carries into positions `0..=n`.
+pub type SumDigits = ArrayVec<u8, { MAX_DIGITS + 1 }>;
 
 /// Whether and how a carry reaches a digit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,19 +226,20 @@ impl Pair {
     }
 
     /// The carries into each position `0..=n` (`carry[0] = 0`).
-    fn carries(&self) -> Vec<u8> {
-        let mut carry = vec![0u8; self.n_digits() + 1];
+    fn carries(&self) -> SumDigits {
+        let mut carry = SumDigits::new();
+        carry.push(0);
         for k in 0..self.n_digits() {
-            carry[k + 1] = u8::from(self.a[k] + self.b[k] + carry[k] >= 10);
+            carry.push(u8::from(self.a[k] + self.b[k] + carry[k] >= 10));
         }
         carry
     }
 
     /// The digits `s_0 … s_n` of `a + b`.
-    pub fn sum_digits(&self) -> Vec<u8> {
+    pub fn sum_digits(&self) -> SumDigits {
         let carry = self.carries();
         let n = self.n_digits();
-        let mut sum: Vec<u8> = (0..n)
+        let mut sum: SumDigits = (0..n)
             .map(|k| (self.a[k] + self.b[k] + carry[k]) % 10)
             .collect();
         sum.push(carry[n]);
@@ -275,14 +286,13 @@ pub struct Batch {
 impl Batch {
     /// Tokens, pairs and target digits `s_k` for the given pairs.
     pub fn from_pairs(task: &TaskConfig, pairs: Vec<Pair>) -> Batch {
-        let tokens = pairs.iter().flat_map(|p| task.tokens(p)).collect();
-        let targets = pairs
-            .iter()
-            .flat_map(|p| {
-                let sum = p.sum_digits();
-                task.targets.iter().map(move |&k| sum[k] as u32)
-            })
-            .collect();
+        let mut tokens = Vec::with_capacity(pairs.len() * task.n_ctx());
+        let mut targets = Vec::with_capacity(pairs.len() * task.targets.len());
+        for pair in &pairs {
+            task.push_tokens(pair, &mut tokens);
+            let sum = pair.sum_digits();
+            targets.extend(task.targets.iter().map(|&k| u32::from(sum[k])));
+        }
         Batch {
             examples: pairs.len(),
             pairs,

@@ -27,6 +27,8 @@ pub struct TrainState {
     pub params: Vec<NamedTensor>,
     /// Moments of the trained tensors, in `param_specs` order.
     pub adam: AdamW,
+    /// Which of `params` are trained, from `param_specs` once rather than at every step.
+    trained: Vec<bool>,
 }
 
 impl TrainState {
@@ -38,6 +40,7 @@ impl TrainState {
             batch: 0,
             params,
             adam: AdamW::new(&sizes),
+            trained: trained_mask(cfg),
         }
     }
 
@@ -80,6 +83,7 @@ impl TrainState {
                 v,
                 step: checkpoint.batch,
             },
+            trained: trained_mask(cfg),
         })
     }
 
@@ -176,8 +180,12 @@ impl TrainState {
             row.grad_norm = global_grad_norm(&row.tensors);
             return Ok(row);
         }
-        let mut weights: Vec<&mut [f32]> = trained(cfg, &mut self.params)
-            .map(|p| p.data.as_mut_slice())
+        let mut weights: Vec<&mut [f32]> = self
+            .params
+            .iter_mut()
+            .zip(&self.trained)
+            .filter(|(_, &trained)| trained)
+            .map(|(p, _)| p.data.as_mut_slice())
             .collect();
         let scale = clip_norm.map_or(1.0, |norm| cfg.optimizer.clip_scale(norm));
         row.tensors = self
@@ -215,6 +223,11 @@ fn trained<T>(cfg: &TrainConfig, items: impl IntoIterator<Item = T>) -> impl Ite
         .zip(items)
         .filter(|(s, _)| s.trained)
         .map(|(_, item)| item)
+}
+
+/// For each tensor of the state dict, whether it is trained.
+fn trained_mask(cfg: &TrainConfig) -> Vec<bool> {
+    cfg.model.param_specs().iter().map(|s| s.trained).collect()
 }
 
 /// A new run directory at `dir` for `cfg`, holding the run's lock, with the initial state and
