@@ -131,7 +131,6 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
 
     // Through attention to the gradients of each row's query and of the key and value tables
     // (`[head, table row, d_head]`), then the queries' into the query table.
-    let scale = 1.0 / (dh as f32).sqrt();
     if s.attention_per_row() {
         let from = Attention {
             q,
@@ -155,6 +154,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         }
         pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
         // Scores = q . key table rows, with q already scaled by 1 / sqrt(d_head).
+        let scale = 1.0 / (dh as f32).sqrt();
         for head in 0..h {
             let d_scores = Mat::cols(d_table_scores, head * r, b, r, h * r);
             let keys = Mat::cols(key_table, head * dh, r, dh, qkv);

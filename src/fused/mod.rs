@@ -8,7 +8,10 @@
 //! n_ctx`), and the query, attention output, MLP and unembedding are computed only at the
 //! positions that feed the loss: the `=` position in the prompt layout, the predicting
 //! position of every trained digit in the answer layout, each attending causally to its own
-//! prefix. The prompt layout is the case of one query position. Written by hand rather than through candle
+//! prefix. The prompt layout is the case of one query position. Attention is a few dense
+//! products against every table row, or, when the table has many more rows than a prefix has
+//! positions (modular addition), loops over each query's prefix
+//! ([`buffers::Shapes::attention_per_row`]). Written by hand rather than through candle
 //! because at these sizes a step is dominated by what a general graph costs around the
 //! arithmetic (building the graph, allocating and zeroing every intermediate, copying
 //! gradients out), not by the arithmetic itself.

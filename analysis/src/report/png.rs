@@ -224,19 +224,23 @@ where
         .draw()?;
 
     let grey = RGBColor(120, 120, 120);
-    for band in &fig.bands {
+    // Neighbouring bands alternate in shade, and their labels step down a line each, so that
+    // a short band (memorisation in a grokking run) neither merges with the next nor hides
+    // its label.
+    for (i, band) in fig.bands.iter().enumerate() {
         let (a, b) = if x_log {
             (band.from.log10(), band.to.log10())
         } else {
             (band.from, band.to)
         };
+        let shade = if i % 2 == 0 { 0.14 } else { 0.07 };
         chart.draw_series(std::iter::once(Rectangle::new(
             [(a, y0), (b, y1)],
-            grey.mix(0.12).filled(),
+            grey.mix(shade).filled(),
         )))?;
         chart.draw_series(std::iter::once(Text::new(
             band.label.clone(),
-            (a, y1),
+            (a, y1 - 0.03 * (i % 3) as f64 * (y1 - y0)),
             (FONT_FAMILY, 11).into_font().color(&grey),
         )))?;
     }
