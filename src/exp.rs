@@ -31,7 +31,7 @@ pub fn exp(x: f32) -> f32 {
         * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 0.5;
     let e_r = p * r * r + r + 1.0;
     // 2^n as 2^(n - 1) from its exponent bits, times 2: n is in [-125, 128], so the biased
     // exponent n - 1 + 127 stays in [1, 254] even where e^x is near float32's largest.

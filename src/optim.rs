@@ -123,6 +123,24 @@ const LANES: usize = 16;
 /// count, so the norms come out the same whatever the number of threads.
 const BLOCK: usize = 1 << 16;
 
+/// `UpdateRule::$name`: [`UpdateRule::apply_lanes`] compiled with the target feature
+/// `$feature` (the caller checks that the CPU has it).
+macro_rules! compiled_with {
+    ($name:ident, $feature:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name(
+            &self,
+            theta: &mut [f32],
+            grad: &[f32],
+            m: &mut [f32],
+            v: &mut [f32],
+        ) -> [f64; 3] {
+            self.apply_lanes(theta, grad, m, v)
+        }
+    };
+}
+
 impl UpdateRule {
     /// [`UpdateRule::apply`] over fixed blocks, in parallel on rayon's pool (a d_model 512
     /// model has 3 million parameters; one core streams them in several milliseconds).
@@ -173,31 +191,8 @@ impl UpdateRule {
         self.apply_lanes(theta, grad, m, v)
     }
 
-    /// [`UpdateRule::apply_lanes`] compiled with AVX-512.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn apply_avx512(
-        &self,
-        theta: &mut [f32],
-        grad: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
-    ) -> [f64; 3] {
-        self.apply_lanes(theta, grad, m, v)
-    }
-
-    /// [`UpdateRule::apply_lanes`] compiled with AVX2.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn apply_avx2(
-        &self,
-        theta: &mut [f32],
-        grad: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
-    ) -> [f64; 3] {
-        self.apply_lanes(theta, grad, m, v)
-    }
+    compiled_with!(apply_avx512, "avx512f");
+    compiled_with!(apply_avx2, "avx2");
 
     /// The update loop, in [`LANES`] lanes; inlined into each of [`UpdateRule::apply`]'s paths.
     #[inline(always)]
