@@ -239,7 +239,13 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Columns `first..first + len` of row `row` of a row-major table with rows of `width` (one
 /// head's part of a query, key or value table row).
-pub(super) fn head_row(table: &[f32], row: usize, width: usize, first: usize, len: usize) -> &[f32] {
+pub(super) fn head_row(
+    table: &[f32],
+    row: usize,
+    width: usize,
+    first: usize,
+    len: usize,
+) -> &[f32] {
     &table[row * width + first..][..len]
 }
 
