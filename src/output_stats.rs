@@ -24,10 +24,11 @@ pub struct OutputStats {
 /// Rows are summarised in parallel (a full-batch modular-addition step has 3,831 rows of 113
 /// logits) and their sums taken in row order, so the result does not depend on the number of
 /// threads. One exponential per logit serves both statistics: the float32 `exp(x - max)` that
-/// float32 softmax computes (with [`crate::exp`], as the training step does) decides saturation, and the same terms, summed in f64 with
-/// `ln_1p` as in [`crate::log_softmax`], give the logsumexp. Rounding `x - max` to float32
-/// costs the log's losses at most about 1e-6 of their value (a second, f64 exponential per
-/// logit took 9% of a full-batch modular-addition step); the analyses work in f64 throughout.
+/// float32 softmax computes (with [`crate::exp`], as the training step does) decides
+/// saturation, and the same terms, summed in f64 with `ln_1p` as in [`crate::log_softmax`],
+/// give the logsumexp. Rounding `x - max` to float32 costs the log's losses at most about 1e-6
+/// of their value (a second, f64 exponential per logit took 9% of a full-batch
+/// modular-addition step); the analyses work in f64 throughout.
 pub fn output_stats(logits: &[f32], n_out: usize, targets: &[u32], n_digits: usize) -> OutputStats {
     let rows: Vec<(f64, bool)> = logits
         .par_chunks_exact(n_out)

@@ -231,31 +231,28 @@ fn pattern_backward(
         .zip(pattern.par_chunks_exact(h * t))
         .enumerate()
         .with_min_len(16)
-        .for_each_init(
-            || vec![0.0; t],
-            |d_pattern, (row, ((d_scores, d_weights), pattern))| {
-                let (example, query) = s.query_of(row);
-                let tokens = &tokens[example * t..][..query + 1];
-                let heads = d_scores
-                    .chunks_exact_mut(r)
-                    .zip(d_weights.chunks_exact(r))
-                    .zip(pattern.chunks_exact(t));
-                for ((d_scores, d_weights), pattern) in heads {
-                    let pattern = &pattern[..query + 1];
-                    let d_pattern = &mut d_pattern[..query + 1];
-                    for (j, (g, &token)) in d_pattern.iter_mut().zip(tokens).enumerate() {
-                        *g = d_weights[token as usize] + d_weights[v + j];
-                    }
-                    softmax_backward_in_place(pattern, d_pattern);
-                    d_scores[..v].fill(0.0);
-                    d_scores[v + query + 1..].fill(0.0);
-                    for (j, (&g, &token)) in d_pattern.iter().zip(tokens).enumerate() {
-                        d_scores[token as usize] += g;
-                        d_scores[v + j] = g;
-                    }
+        .for_each(|(row, ((d_scores, d_weights), pattern))| {
+            let (example, query) = s.query_of(row);
+            let tokens = &tokens[example * t..][..query + 1];
+            let heads = d_scores
+                .chunks_exact_mut(r)
+                .zip(d_weights.chunks_exact(r))
+                .zip(pattern.chunks_exact(t));
+            for ((d_scores, d_weights), pattern) in heads {
+                // The pattern's gradient at position j, read from the table weights' (no
+                // scratch buffer in the step's hot loop), then the softmax's.
+                let d_pattern = |j: usize| d_weights[tokens[j] as usize] + d_weights[v + j];
+                let pattern = &pattern[..query + 1];
+                let mean: f32 = (0..=query).map(|j| pattern[j] * d_pattern(j)).sum();
+                d_scores[..v].fill(0.0);
+                d_scores[v + query + 1..].fill(0.0);
+                for (j, &p) in pattern.iter().enumerate() {
+                    let g = p * (d_pattern(j) - mean);
+                    d_scores[tokens[j] as usize] += g;
+                    d_scores[v + j] = g;
                 }
-            },
-        );
+            }
+        });
 }
 
 /// What the per-row attention backward reads: the forward pass's scaled queries and patterns,
