@@ -18,47 +18,76 @@ pub struct OutputStats {
     pub digit_loss: Vec<f32>,
 }
 
+/// What one row of logits contributes to [`OutputStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RowStats {
+    /// The row's logsumexp, in f64.
+    pub logsumexp: f64,
+    /// Whether float32 softmax gives the target probability exactly 1.
+    pub saturated: bool,
+}
+
+/// A row's statistics from the float32 softmax terms a cross-entropy computes anyway:
+/// `exps[i] = exp(x_i - max)` with [`crate::exp`], `max = x_top` the row's first largest
+/// logit, and `denom` the float32 sum of `exps` in order. The saturation test is float32
+/// softmax's own division; the logsumexp sums the terms other than the top one (exactly 1) in
+/// f64 and adds them with `ln_1p`, as [`crate::log_softmax`] does.
+pub fn row_stats(exps: &[f32], denom: f32, max: f32, top: usize, target: usize) -> RowStats {
+    let rest: f64 = exps
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != top)
+        .map(|(_, &e)| f64::from(e))
+        .sum();
+    RowStats {
+        logsumexp: f64::from(max) + rest.ln_1p(),
+        saturated: exps[target] / denom == 1.0,
+    }
+}
+
 /// `logits`: `[example][digit][output]` row-major (`n_digits` trained digits per example);
 /// `targets`: one per prediction.
 ///
 /// Rows are summarised in parallel (a full-batch modular-addition step has 3,831 rows of 113
 /// logits) and their sums taken in row order, so the result does not depend on the number of
-/// threads. One exponential per logit serves both statistics: the float32 `exp(x - max)` that
-/// float32 softmax computes (with [`crate::exp`], as the training step does) decides
-/// saturation, and the same terms, summed in f64 with `ln_1p` as in [`crate::log_softmax`],
-/// give the logsumexp. Rounding `x - max` to float32 costs the log's losses at most about 1e-6
-/// of their value (a second, f64 exponential per logit took 9% of a full-batch
-/// modular-addition step); the analyses work in f64 throughout.
+/// threads. One exponential per logit serves both statistics (see [`row_stats`]): rounding
+/// `x - max` to float32 costs the log's losses at most about 1e-6 of their value (a second,
+/// f64 exponential per logit took 9% of a full-batch modular-addition step); the analyses
+/// work in f64 throughout.
 pub fn output_stats(logits: &[f32], n_out: usize, targets: &[u32], n_digits: usize) -> OutputStats {
-    let rows: Vec<(f64, bool)> = logits
+    let rows: Vec<RowStats> = logits
         .par_chunks_exact(n_out)
         .zip(targets.par_iter())
         .map_init(Vec::new, |exps, (row, &target)| {
             let top = first_argmax(row);
-            let m = row[top];
+            let max = row[top];
             // Softmax as float32 computes it: exp(x - max) / sum.
             exps.clear();
-            exps.extend(row.iter().map(|&x| exp(x - m)));
+            exps.extend(row.iter().map(|&x| exp(x - max)));
             let denom: f32 = exps.iter().sum();
-            let saturated = exps[target as usize] / denom == 1.0;
-            let rest: f64 = exps
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != top)
-                .map(|(_, &e)| f64::from(e))
-                .sum();
-            (f64::from(m) + rest.ln_1p(), saturated)
+            row_stats(exps, denom, max, top, target as usize)
         })
         .collect();
+    combine(&rows, logits, n_out, targets, n_digits)
+}
+
+/// [`OutputStats`] from every row's [`RowStats`], summed in row order.
+pub fn combine(
+    rows: &[RowStats],
+    logits: &[f32],
+    n_out: usize,
+    targets: &[u32],
+    n_digits: usize,
+) -> OutputStats {
     let mut sum = 0f64;
     let mut max = f64::NEG_INFINITY;
     let mut totals = vec![0f64; n_digits];
-    for (i, (&(lse, _), &target)) in rows.iter().zip(targets).enumerate() {
-        sum += lse;
-        max = max.max(lse);
-        totals[i % n_digits] += lse - f64::from(logits[i * n_out + target as usize]);
+    for (i, (row, &target)) in rows.iter().zip(targets).enumerate() {
+        sum += row.logsumexp;
+        max = max.max(row.logsumexp);
+        totals[i % n_digits] += row.logsumexp - f64::from(logits[i * n_out + target as usize]);
     }
-    let saturated = rows.iter().filter(|(_, s)| *s).count();
+    let saturated = rows.iter().filter(|r| r.saturated).count();
     let n = targets.len().max(1) as f64;
     let per_digit = (targets.len() / n_digits).max(1) as f64;
     OutputStats {

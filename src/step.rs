@@ -11,6 +11,7 @@ use digitlab_snapshots::NamedTensor;
 use crate::config::TrainConfig;
 use crate::fused::StepKind;
 use crate::model::{Hooks, Transformer};
+use crate::output_stats::OutputStats;
 use crate::task::Batch;
 
 /// What one pass gives the training loop.
@@ -23,6 +24,9 @@ pub struct StepResult {
     pub targets: Vec<u32>,
     /// One gradient per trained tensor, in `param_specs` order.
     pub grads: Vec<Vec<f32>>,
+    /// The logits' [`OutputStats`] when the step computed them on the way (the fused step
+    /// does, from its softmax); `None` and the caller computes them otherwise.
+    pub stats: Option<OutputStats>,
 }
 
 /// Forward and backward on `batch` with the weights `params` (all tensors, state-dict order),
@@ -104,6 +108,7 @@ pub fn candle_loss_and_grads(
         logits: logits.flatten_all()?.to_vec1::<f32>()?,
         targets,
         grads,
+        stats: None,
     })
 }
 

@@ -32,18 +32,20 @@ pub fn run_with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -
     }
 }
 
-/// Threads for matrix products by the size of a step: a second thread pays off only where the
-/// products are large (measured with `cargo bench --workspace --bench train_speed`: at d_model
-/// 128 and batch 128 two threads are slower than one; at d_model 512 they are 1.4x faster, and
-/// 1.6x for full-batch modular addition's 3,831 rows at d_model 128). The measure is the
-/// multiply-adds of the MLP's first product, `rows * d_model * d_mlp`, with `rows` the query
-/// rows of a batch.
+/// Threads by the size of a step (measured with `cargo bench --workspace --bench
+/// train_speed`). A second thread pays off where the products are large: 1.4x at d_model 512
+/// and batch 128, 1.6x for full-batch modular addition's 3,831 rows at d_model 128. It also
+/// pays off where the step is so small that generating the next batch, which the training
+/// loop does on another thread, is a large part of it: 1.4x at d_model 16 (the step's own
+/// loops stay on one thread there, see `fused::buffers::rows_per_task`). In between, at
+/// d_model 128, one thread is as fast. The measure is the multiply-adds of the MLP's first
+/// product, `rows * d_model * d_mlp`, with `rows` the query rows of a batch.
 pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {
     let rows = cfg.batch_size.saturating_mul(cfg.task.targets.len());
     let mlp = rows
         .saturating_mul(cfg.model.d_model)
         .saturating_mul(cfg.model.d_mlp);
-    if mlp >= 1 << 25 {
+    if mlp >= 1 << 25 || mlp <= 1 << 20 {
         2
     } else {
         1

@@ -16,7 +16,7 @@ use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::output_stats;
 use crate::resources::MemoryNeed;
 use crate::step::{eval_loss, loss_and_grads, StepResult};
-use crate::task::training_batch;
+use crate::task::{training_batch, Batch};
 use crate::writer::{RunWriter, WriteJob};
 
 /// Weights and optimizer state after `batch` steps.
@@ -29,6 +29,42 @@ pub struct TrainState {
     pub adam: AdamW,
     /// Which of `params` are trained, from `param_specs` once rather than at every step.
     trained: Vec<bool>,
+    /// The next training batch, generated on another thread during the last fused step.
+    ahead: BatchAhead,
+}
+
+/// A training batch generated ahead, with its index. Not part of the state: clones start
+/// without one and comparisons ignore it (the batch is a pure function of the config and its
+/// index, so having one changes no result).
+#[derive(Default)]
+struct BatchAhead(Option<(u64, Batch)>);
+
+impl BatchAhead {
+    /// Batch `index` of `cfg`: the one generated ahead if it is that one, else generated now.
+    fn take(&mut self, cfg: &TrainConfig, index: u64) -> Batch {
+        match self.0.take() {
+            Some((i, batch)) if i == index => batch,
+            _ => training_batch(&cfg.task, cfg.seed, index, cfg.batch_size),
+        }
+    }
+}
+
+impl Clone for BatchAhead {
+    fn clone(&self) -> BatchAhead {
+        BatchAhead(None)
+    }
+}
+
+impl PartialEq for BatchAhead {
+    fn eq(&self, _: &BatchAhead) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for BatchAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("BatchAhead")
+    }
 }
 
 impl TrainState {
@@ -41,6 +77,7 @@ impl TrainState {
             params,
             adam: AdamW::new(&sizes),
             trained: trained_mask(cfg),
+            ahead: BatchAhead::default(),
         }
     }
 
@@ -84,6 +121,7 @@ impl TrainState {
                 step: checkpoint.batch,
             },
             trained: trained_mask(cfg),
+            ahead: BatchAhead::default(),
         })
     }
 
@@ -112,9 +150,15 @@ impl TrainState {
     pub fn step(&mut self, cfg: &TrainConfig) -> Result<LogRow> {
         if cfg.training_kernel().step == StepKind::Fused {
             // The fused step's buffers are read in place: no gradient is copied or allocated.
-            let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
+            // The next batch is generated meanwhile, on another thread if the pool has one.
+            let index = self.batch;
+            let batch = self.ahead.take(cfg, index);
             let mut fused = CachedStep::take(cfg, batch.examples)?;
-            let result = fused.run(&self.params, &batch);
+            let (result, next) = rayon::join(
+                || fused.run(&self.params, &batch),
+                || training_batch(&cfg.task, cfg.seed, index + 1, cfg.batch_size),
+            );
+            self.ahead = BatchAhead(Some((index + 1, next)));
             return self.apply_step(cfg, result);
         }
         Ok(self.step_with_grads(cfg)?.0)
@@ -140,12 +184,15 @@ impl TrainState {
             }
             _ => None,
         };
-        let stats = output_stats(
-            &result.logits,
-            n_out,
-            &result.targets,
-            cfg.task.targets.len(),
-        );
+        let stats = match &result.stats {
+            Some(stats) => stats.clone(),
+            None => output_stats(
+                &result.logits,
+                n_out,
+                &result.targets,
+                cfg.task.targets.len(),
+            ),
+        };
         // Clipping needs the global gradient norm before the update; without it the norm is
         // taken from the per-tensor norms the update measures anyway (one pass fewer over
         // every gradient, 5% of a d_model 512 step).

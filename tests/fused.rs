@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use digitlab::config::TrainConfig;
 use digitlab::fused::{Kernel, StepKind};
+use digitlab::output_stats::output_stats;
 use digitlab::step::{candle_loss_and_grads, StepResult};
 use digitlab::task::{training_batch, Layout, TaskConfig};
 use digitlab::train::{new_run, TrainState};
@@ -95,6 +96,19 @@ fn compare_on(cfg: &TrainConfig) {
         &format!("{shape}: logits"),
     );
     assert_eq!(fused.targets, candle.targets);
+    // The log's statistics, taken from the step's own softmax, are those of its logits.
+    let n_digits = cfg.task.targets.len();
+    assert_eq!(
+        fused.stats,
+        Some(output_stats(
+            &fused.logits,
+            m.d_vocab_out,
+            &fused.targets,
+            n_digits
+        )),
+        "{shape}: output statistics"
+    );
+    assert_eq!(candle.stats, None);
     let trained = m.param_specs().into_iter().filter(|s| s.trained);
     assert_eq!(fused.grads.len(), candle.grads.len());
     for ((spec, f), c) in trained.zip(&fused.grads).zip(&candle.grads) {

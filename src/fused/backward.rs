@@ -4,13 +4,20 @@
 
 use rayon::prelude::*;
 
-use super::buffers::{Buffers, Shapes};
+use super::buffers::{rows_per_task, Buffers, Shapes};
 use super::forward::{dot, head_row};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
 
 /// Writes the gradients into `buf.result.grads` (trained-tensor order: W_E, W_pos, W_Q, W_K,
-/// W_V, W_O, W_in, b_in, W_out, b_out, W_U). Overwrites `post` with the MLP's gradient.
+/// W_V, W_O, W_in, b_in, W_out, b_out, W_U).
+///
+/// The chain from the logits back to the embeddings runs on this thread; each weight's
+/// gradient is a side task (`side.spawn`) started as soon as its inputs are ready, which
+/// another thread of the pool takes if it is free (at d_model 16 the chain's products and the
+/// weights' are about the same size, so a second thread nearly halves the pass). Every buffer
+/// is written by one task, in a fixed order, so the bytes do not depend on which thread ran
+/// what.
 pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (b, v, d) = (s.rows(), s.d_vocab, s.d_model);
     let (h, dh, r, m, o) = (s.n_heads, s.d_head, s.table_rows(), s.d_mlp, s.d_vocab_out);
@@ -29,6 +36,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         resid_post,
         d_logits,
         d_resid_post,
+        d_pre,
         d_resid_mid,
         d_z,
         d_table_weights,
@@ -48,153 +56,191 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         unreachable!("the fused step checked the trained tensors when it was built")
     };
 
-    // Unembedding.
-    let d_logits = Mat::rows(d_logits, b, o);
-    matmul(
-        MatMut::rows(g_u, d, o),
-        Mat::rows(resid_post, b, d).t(),
-        d_logits,
-        1.0,
-        false,
-    );
-    let w_u = Mat::rows(w.w_u, d, o);
-    matmul(
-        MatMut::rows(d_resid_post, b, d),
-        d_logits,
-        w_u.t(),
-        1.0,
-        false,
-    );
-
-    // MLP. ReLU passes the gradient where pre >= 0, as candle's autograd does (PyTorch uses
-    // > 0; the two differ only at exactly zero).
-    matmul(
-        MatMut::rows(g_out, m, d),
-        Mat::rows(post, b, m).t(),
-        Mat::rows(d_resid_post, b, d),
-        1.0,
-        false,
-    );
-    column_sums(gb_out, d_resid_post);
-    let d_pre = post;
-    let w_out = Mat::rows(w.w_out, m, d);
-    matmul(
-        MatMut::rows(d_pre, b, m),
-        Mat::rows(d_resid_post, b, d),
-        w_out.t(),
-        1.0,
-        false,
-    );
-    d_pre
-        .par_chunks_mut(1 << 14)
-        .zip(pre.par_chunks(1 << 14))
-        .for_each(|(d_pre, pre)| {
-            // A select, not a branch, so that the loop vectorises.
-            for (g, &p) in d_pre.iter_mut().zip(pre) {
-                *g = if p < 0.0 { 0.0 } else { *g };
-            }
+    // From the logits to the gradients of the key, value and query tables (borrowed for the
+    // scope only: the projections read them after it).
+    let (d_key_table_in_scope, d_value_table_in_scope) =
+        (&mut d_key_table[..], &mut d_value_table[..]);
+    rayon::scope(|side| {
+        let (d_key_table, d_value_table) = (d_key_table_in_scope, d_value_table_in_scope);
+        // Unembedding.
+        let d_logits = Mat::rows(d_logits, b, o);
+        let resid_post = &*resid_post;
+        side.spawn(move |_| {
+            let resid_post = Mat::rows(resid_post, b, d).t();
+            matmul(MatMut::rows(g_u, d, o), resid_post, d_logits, 1.0, false);
         });
-    column_sums(gb_in, d_pre);
-    matmul(
-        MatMut::rows(g_in, d, m),
-        Mat::rows(resid_mid, b, d).t(),
-        Mat::rows(d_pre, b, m),
-        1.0,
-        false,
-    );
-    d_resid_mid.copy_from_slice(d_resid_post);
-    let w_in = Mat::rows(w.w_in, d, m);
-    matmul(
-        MatMut::rows(d_resid_mid, b, d),
-        Mat::rows(d_pre, b, m),
-        w_in.t(),
-        1.0,
-        true,
-    );
+        let w_u = Mat::rows(w.w_u, d, o);
+        matmul(
+            MatMut::rows(d_resid_post, b, d),
+            d_logits,
+            w_u.t(),
+            1.0,
+            false,
+        );
+        let d_resid_post = &*d_resid_post;
 
-    // Attention output: resid_mid = x + z W_O + b_O.
-    let d_mid = Mat::rows(d_resid_mid, b, d);
-    matmul(
-        MatMut::rows(g_o, qkv, d),
-        Mat::rows(z, b, qkv).t(),
-        d_mid,
-        1.0,
-        false,
-    );
-    matmul(
-        MatMut::rows(d_z, b, qkv),
-        d_mid,
-        Mat::rows(w.w_o, qkv, d).t(),
-        1.0,
-        false,
-    );
-
-    // Through attention to the gradients of each row's query and of the key and value tables
-    // (`[head, table row, d_head]`), then the queries' into the query table.
-    if s.attention_per_row() {
-        let from = Attention {
-            q,
-            pattern,
-            keys: key_table,
-            values: value_table,
-            d_z,
-        };
-        attention_backward_per_row(s, tokens, &from, d_scores, d_q);
-        key_value_gradients_into_tables(s, tokens, &from, d_scores, d_key_table, d_value_table);
-    } else {
-        // z = table weights @ value table, per head.
-        for head in 0..h {
-            let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
-            let values = Mat::cols(value_table, head * dh, r, dh, qkv);
-            let d_weights = MatMut::cols(d_table_weights, head * r, b, r, h * r);
-            matmul(d_weights, d_z_head, values.t(), 1.0, false);
-            let weights = Mat::cols(table_weights, head * r, b, r, h * r);
-            let d_values = MatMut::head(d_value_table, head, r, dh);
-            matmul(d_values, weights.t(), d_z_head, 1.0, false);
-        }
-        pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
-        // Scores = q . key table rows, with q already scaled by 1 / sqrt(d_head).
-        let scale = 1.0 / (dh as f32).sqrt();
-        for head in 0..h {
-            let d_scores = Mat::cols(d_table_scores, head * r, b, r, h * r);
-            let keys = Mat::cols(key_table, head * dh, r, dh, qkv);
-            let d_q_head = MatMut::cols(d_q, head * dh, b, dh, qkv);
-            matmul(d_q_head, d_scores, keys, scale, false);
-            let q_head = Mat::cols(q, head * dh, b, dh, qkv);
-            let d_keys = MatMut::head(d_key_table, head, r, dh);
-            matmul(d_keys, d_scores.t(), q_head, 1.0, false);
-        }
-    }
-    query_gradients_into_table(s, tokens, d_q, d_query_table);
-
-    // Projections of the table rows into queries, keys and values, per head.
-    let table_in = Mat::rows(table_in, r, d);
-    for head in 0..h {
-        let projections = [
-            (&*d_query_table, &mut *g_q, w.w_q),
-            (&*d_key_table, &mut *g_k, w.w_k),
-            (&*d_value_table, &mut *g_v, w.w_v),
-        ];
-        for (i, (d_table, grad, weight)) in projections.into_iter().enumerate() {
-            let d_table = Mat::head(d_table, head, r, dh);
+        // MLP. ReLU passes the gradient where pre >= 0, as candle's autograd does (PyTorch
+        // uses > 0; the two differ only at exactly zero).
+        let post = &*post;
+        side.spawn(move |_| {
+            let post = Mat::rows(post, b, m).t();
+            let d_out = Mat::rows(d_resid_post, b, d);
+            matmul(MatMut::rows(g_out, m, d), post, d_out, 1.0, false);
+            column_sums(gb_out, d_resid_post);
+        });
+        let w_out = Mat::rows(w.w_out, m, d);
+        matmul(
+            MatMut::rows(d_pre, b, m),
+            Mat::rows(d_resid_post, b, d),
+            w_out.t(),
+            1.0,
+            false,
+        );
+        d_pre
+            .par_chunks_mut(1 << 14)
+            .zip(pre.par_chunks(1 << 14))
+            .for_each(|(d_pre, pre)| {
+                // A select, not a branch, so that the loop vectorises.
+                for (g, &p) in d_pre.iter_mut().zip(pre) {
+                    *g = if p < 0.0 { 0.0 } else { *g };
+                }
+            });
+        let d_pre = &*d_pre;
+        let resid_mid = &*resid_mid;
+        side.spawn(move |_| {
+            column_sums(gb_in, d_pre);
+            let resid_mid = Mat::rows(resid_mid, b, d).t();
             matmul(
-                MatMut::head(grad, head, d, dh),
-                table_in.t(),
-                d_table,
+                MatMut::rows(g_in, d, m),
+                resid_mid,
+                Mat::rows(d_pre, b, m),
                 1.0,
                 false,
             );
-            let weight = Mat::head(weight, head, d, dh).t();
-            let accumulate = head > 0 || i > 0;
+        });
+        d_resid_mid.copy_from_slice(d_resid_post);
+        let w_in = Mat::rows(w.w_in, d, m);
+        matmul(
+            MatMut::rows(d_resid_mid, b, d),
+            Mat::rows(d_pre, b, m),
+            w_in.t(),
+            1.0,
+            true,
+        );
+        let d_resid_mid = &*d_resid_mid;
+
+        // Attention output: resid_mid = x + z W_O + b_O.
+        let d_mid = Mat::rows(d_resid_mid, b, d);
+        let z = &*z;
+        side.spawn(move |_| {
             matmul(
-                MatMut::rows(d_table_in, r, d),
-                d_table,
-                weight,
+                MatMut::rows(g_o, qkv, d),
+                Mat::rows(z, b, qkv).t(),
+                d_mid,
                 1.0,
-                accumulate,
+                false,
             );
+        });
+        matmul(
+            MatMut::rows(d_z, b, qkv),
+            d_mid,
+            Mat::rows(w.w_o, qkv, d).t(),
+            1.0,
+            false,
+        );
+        let d_z = &*d_z;
+
+        // Through attention to the gradients of each row's query and of the key and value
+        // tables (`[head, table row, d_head]`), then the queries' into the query table.
+        if s.attention_per_row() {
+            let from = Attention {
+                q,
+                pattern,
+                keys: key_table,
+                values: value_table,
+                d_z,
+            };
+            attention_backward_per_row(s, tokens, &from, d_scores, d_q);
+            key_value_gradients_into_tables(s, tokens, &from, d_scores, d_key_table, d_value_table);
+        } else {
+            // z = table weights @ value table, per head.
+            let table_weights = &*table_weights;
+            let value_table = &*value_table;
+            side.spawn(move |_| {
+                for (head, d_values) in d_value_table.chunks_exact_mut(r * dh).enumerate() {
+                    let weights = Mat::cols(table_weights, head * r, b, r, h * r);
+                    let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
+                    matmul(
+                        MatMut::rows(d_values, r, dh),
+                        weights.t(),
+                        d_z_head,
+                        1.0,
+                        false,
+                    );
+                }
+            });
+            for head in 0..h {
+                let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
+                let values = Mat::cols(value_table, head * dh, r, dh, qkv);
+                let d_weights = MatMut::cols(d_table_weights, head * r, b, r, h * r);
+                matmul(d_weights, d_z_head, values.t(), 1.0, false);
+            }
+            pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
+            // Scores = q . key table rows, with q already scaled by 1 / sqrt(d_head).
+            let d_table_scores = &*d_table_scores;
+            let q = &*q;
+            side.spawn(move |_| {
+                for (head, d_keys) in d_key_table.chunks_exact_mut(r * dh).enumerate() {
+                    let d_scores = Mat::cols(d_table_scores, head * r, b, r, h * r);
+                    let q_head = Mat::cols(q, head * dh, b, dh, qkv);
+                    matmul(
+                        MatMut::rows(d_keys, r, dh),
+                        d_scores.t(),
+                        q_head,
+                        1.0,
+                        false,
+                    );
+                }
+            });
+            let scale = 1.0 / (dh as f32).sqrt();
+            for head in 0..h {
+                let d_scores = Mat::cols(d_table_scores, head * r, b, r, h * r);
+                let keys = Mat::cols(key_table, head * dh, r, dh, qkv);
+                let d_q_head = MatMut::cols(d_q, head * dh, b, dh, qkv);
+                matmul(d_q_head, d_scores, keys, scale, false);
+            }
         }
-    }
+        query_gradients_into_table(s, tokens, d_q, d_query_table);
+    });
+
+    // Projections of the table rows into queries, keys and values, per head: each weight's
+    // gradient a side task, the table rows' gradient summed here in a fixed order.
+    let table_in = Mat::rows(table_in, r, d);
+    let d_tables = [&*d_query_table, &*d_key_table, &*d_value_table];
+    rayon::scope(|side| {
+        for (grad, d_table) in [g_q, g_k, g_v].into_iter().zip(d_tables) {
+            side.spawn(move |_| {
+                for (head, grad) in grad.chunks_exact_mut(d * dh).enumerate() {
+                    let d_table = Mat::head(d_table, head, r, dh);
+                    matmul(MatMut::rows(grad, d, dh), table_in.t(), d_table, 1.0, false);
+                }
+            });
+        }
+        for head in 0..h {
+            for (i, (d_table, weight)) in d_tables.iter().zip([w.w_q, w.w_k, w.w_v]).enumerate() {
+                let d_table = Mat::head(d_table, head, r, dh);
+                let weight = Mat::head(weight, head, d, dh).t();
+                let accumulate = head > 0 || i > 0;
+                matmul(
+                    MatMut::rows(d_table_in, r, d),
+                    d_table,
+                    weight,
+                    1.0,
+                    accumulate,
+                );
+            }
+        }
+    });
 
     // Embeddings: the table rows, plus the residual stream x = W_E[token at the query] +
     // W_pos[query position] that resid_mid starts from.
@@ -230,7 +276,7 @@ fn pattern_backward(
         .zip(d_table_weights.par_chunks_exact(h * r))
         .zip(pattern.par_chunks_exact(h * t))
         .enumerate()
-        .with_min_len(16)
+        .with_min_len(rows_per_task(h * (r + 4 * t)))
         .for_each(|(row, ((d_scores, d_weights), pattern))| {
             let (example, query) = s.query_of(row);
             let tokens = &tokens[example * t..][..query + 1];
@@ -281,7 +327,7 @@ fn attention_backward_per_row(
     d_q.par_chunks_exact_mut(qkv)
         .zip(d_scores.par_chunks_exact_mut(h * t))
         .enumerate()
-        .with_min_len(16)
+        .with_min_len(rows_per_task(4 * t * qkv))
         .for_each(|(row, (d_q, d_scores))| {
             let (example, query) = s.query_of(row);
             let tokens = &tokens[example * t..][..query + 1];

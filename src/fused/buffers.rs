@@ -2,7 +2,20 @@
 //! reused by every step (the steady state allocates nothing for activations or gradients).
 
 use crate::config::TrainConfig;
+use crate::output_stats::RowStats;
 use crate::step::StepResult;
+
+/// Floats a parallel task of the step's row loops works on at least: about 10 µs of
+/// element-wise work, so that a task outweighs handing it to another thread (a few µs), and a
+/// small step (d_model 16: 128 rows of 16) runs its loops on one thread, leaving the other to
+/// generate the next batch.
+const TASK_FLOATS: usize = 1 << 14;
+
+/// The least rows of a parallel task for a loop over rows that each work on about `floats`
+/// floats (an exponential counts as several). Set by the shapes, never by the thread count.
+pub fn rows_per_task(floats: usize) -> usize {
+    (TASK_FLOATS / floats.max(1)).max(1)
+}
 
 /// Sizes of one step, in the names of docs/metrics.md, 'The model'.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,8 +63,11 @@ impl Shapes {
 
     /// The example and query position of query row `row`.
     pub fn query_of(&self, row: usize) -> (usize, usize) {
-        let n = self.queries.len();
-        (row / n, self.queries[row % n])
+        match self.queries.as_slice() {
+            // The prompt layout, without a division (tens of cycles, in every row loop).
+            &[query] => (row, query),
+            queries => (row / queries.len(), queries[row % queries.len()]),
+        }
     }
 
     /// Rows of the key and value tables: one per token id, then one per position.
@@ -95,9 +111,10 @@ impl Shapes {
         } else {
             (4.0 * h * b * r, h * b * t)
         };
-        let rows = b * (4.0 * qkv + 4.0 * d + 2.0 * m + 2.0 * o);
-        // f32 floats, the u32 targets, the f64 row losses.
-        4.0 * (tables + per_head + per_position + rows + trained + b) + 8.0 * b
+        let rows = b * (4.0 * qkv + 4.0 * d + 3.0 * m + 2.0 * o);
+        // f32 floats, the u32 targets, the f64 row losses and the rows' output statistics.
+        let row_stats = f(std::mem::size_of::<RowStats>());
+        4.0 * (tables + per_head + per_position + rows + trained + b) + (8.0 + row_stats) * b
     }
 }
 
@@ -128,15 +145,20 @@ pub struct Buffers {
     /// Attention result before W_O, `[row, head * d_head]`.
     pub z: Vec<f32>,
     pub resid_mid: Vec<f32>,
-    /// MLP pre-activation, then (backward) its gradient, `[row, d_mlp]`.
+    /// MLP pre-activation, `[row, d_mlp]`.
     pub pre: Vec<f32>,
     pub post: Vec<f32>,
     pub resid_post: Vec<f32>,
     /// Each row's cross-entropy, summed in row order into the loss.
     pub row_loss: Vec<f64>,
+    /// Each row's contribution to the log's output statistics, from the same softmax.
+    pub row_stats: Vec<RowStats>,
     /// Gradient of the loss with respect to the logits, `[row, d_vocab_out]`.
     pub d_logits: Vec<f32>,
     pub d_resid_post: Vec<f32>,
+    /// Gradient of the MLP pre-activation, `[row, d_mlp]` (its own buffer, so that `post` is
+    /// still there for `W_out`'s gradient, computed alongside).
+    pub d_pre: Vec<f32>,
     pub d_resid_mid: Vec<f32>,
     pub d_z: Vec<f32>,
     pub d_table_weights: Vec<f32>,
@@ -173,6 +195,7 @@ impl Buffers {
             &self.resid_post,
             &self.d_logits,
             &self.d_resid_post,
+            &self.d_pre,
             &self.d_resid_mid,
             &self.d_z,
             &self.d_table_weights,
@@ -188,7 +211,9 @@ impl Buffers {
         ];
         let floats: usize = activations.iter().map(|v| v.len()).sum::<usize>()
             + self.result.grads.iter().map(Vec::len).sum::<usize>();
-        4 * (floats + self.result.targets.len()) + 8 * self.row_loss.len()
+        4 * (floats + self.result.targets.len())
+            + 8 * self.row_loss.len()
+            + std::mem::size_of::<RowStats>() * self.row_stats.len()
     }
 
     /// Zeroed buffers for `s`; `grad_sizes` in the trained-tensor order of the config.
@@ -215,8 +240,10 @@ impl Buffers {
             post: z(b * m),
             resid_post: z(b * d),
             row_loss: vec![0.0; b],
+            row_stats: vec![RowStats::default(); b],
             d_logits: z(b * s.d_vocab_out),
             d_resid_post: z(b * d),
+            d_pre: z(b * m),
             d_resid_mid: z(b * d),
             d_z: z(b * s.qkv()),
             d_table_weights: z(per_head),
@@ -233,6 +260,7 @@ impl Buffers {
                 logits: z(b * s.d_vocab_out),
                 targets: vec![0; b],
                 grads: grad_sizes.iter().map(|&n| z(n)).collect(),
+                stats: None,
             },
         }
     }

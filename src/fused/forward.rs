@@ -5,10 +5,12 @@
 
 use rayon::prelude::*;
 
-use super::buffers::{Buffers, Shapes};
+use super::buffers::{rows_per_task, Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
 use crate::exp::exp;
+use crate::log_softmax::first_argmax;
+use crate::output_stats::{combine, row_stats};
 
 /// Fills `buf` with the activations of `tokens` (`[batch, pos]`), the logits, the loss and the
 /// gradient of the loss with respect to the logits.
@@ -51,7 +53,7 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     buf.q
         .par_chunks_exact_mut(qkv)
         .enumerate()
-        .with_min_len(64)
+        .with_min_len(rows_per_task(qkv))
         .for_each(|(row, q)| {
             let (example, pos) = s.query_of(row);
             let token = tokens[example * t + pos] as usize;
@@ -87,7 +89,7 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     buf.resid_mid
         .par_chunks_exact_mut(d)
         .enumerate()
-        .with_min_len(64)
+        .with_min_len(rows_per_task(d))
         .for_each(|(row, x)| {
             let (example, pos) = s.query_of(row);
             let token = tokens[example * t + pos] as usize;
@@ -116,7 +118,7 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     buf.pre
         .par_chunks_exact_mut(m)
         .zip(buf.post.par_chunks_exact_mut(m))
-        .with_min_len(16)
+        .with_min_len(rows_per_task(m))
         .for_each(|(pre, post)| {
             for ((pre, post), b) in pre.iter_mut().zip(post).zip(w.b_in) {
                 *pre += b;
@@ -133,7 +135,7 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     buf.resid_post
         .par_chunks_exact_mut(d)
         .zip(buf.resid_mid.par_chunks_exact(d))
-        .with_min_len(64)
+        .with_min_len(rows_per_task(d))
         .for_each(|(y, x)| {
             for ((y, x), b) in y.iter_mut().zip(x).zip(w.b_out) {
                 *y += x + b;
@@ -160,7 +162,7 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
         .zip(buf.table_weights.par_chunks_exact_mut(h * r))
         .zip(buf.pattern.par_chunks_exact_mut(h * t))
         .enumerate()
-        .with_min_len(16)
+        .with_min_len(rows_per_task(h * (r + 8 * t)))
         .for_each(|(row, ((scores, weights), pattern))| {
             let (example, query) = s.query_of(row);
             let tokens = &tokens[example * t..][..query + 1];
@@ -196,7 +198,7 @@ fn attention_per_row(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
         .zip(buf.pattern.par_chunks_exact_mut(h * t))
         .zip(buf.z.par_chunks_exact_mut(qkv))
         .enumerate()
-        .with_min_len(16)
+        .with_min_len(rows_per_task(4 * t * qkv))
         .for_each(|(row, ((q, pattern), z))| {
             let (example, query) = s.query_of(row);
             let tokens = &tokens[example * t..][..query + 1];
@@ -250,8 +252,8 @@ pub(super) fn head_row(
 }
 
 /// Adds the unembedding bias `b_u` to the logits, then the mean cross-entropy of the logits
-/// over query rows and its gradient `(softmax - one_hot) / rows`. Rows run in parallel; their
-/// losses are added in row order.
+/// over query rows, its gradient `(softmax - one_hot) / rows`, and the log's output statistics
+/// from the same exponentials. Rows run in parallel; their losses are added in row order.
 fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
     let (o, b) = (s.d_vocab_out, s.rows() as f32);
     let result = &mut buf.result;
@@ -261,11 +263,13 @@ fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
         .zip(buf.d_logits.par_chunks_exact_mut(o))
         .zip(result.targets.par_iter())
         .zip(buf.row_loss.par_iter_mut())
-        .with_min_len(64)
-        .for_each(|(((logits, d_logits), &target), loss)| {
+        .zip(buf.row_stats.par_iter_mut())
+        .with_min_len(rows_per_task(8 * o))
+        .for_each(|((((logits, d_logits), &target), loss), stats)| {
             logits.iter_mut().zip(b_u).for_each(|(x, b)| *x += b);
             let logits = &*logits;
-            let max = logits.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let top = first_argmax(logits);
+            let max = logits[top];
             // Exponentials first, then their sum in order: the first loop vectorises.
             for (d, &x) in d_logits.iter_mut().zip(logits) {
                 *d = exp(x - max);
@@ -273,8 +277,16 @@ fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
             let sum: f32 = d_logits.iter().sum();
             let target = target as usize;
             *loss = f64::from(max + sum.ln() - logits[target]);
+            *stats = row_stats(d_logits, sum, max, top, target);
             d_logits.iter_mut().for_each(|d| *d /= sum * b);
             d_logits[target] -= 1.0 / b;
         });
     result.loss = (buf.row_loss.iter().sum::<f64>() / f64::from(b)) as f32;
+    result.stats = Some(combine(
+        &buf.row_stats,
+        &result.logits,
+        s.d_vocab_out,
+        &result.targets,
+        s.queries.len(),
+    ));
 }

@@ -100,11 +100,6 @@ impl<'a> MatMut<'a> {
         MatMut::strided(&mut data[first..], rows, width, stride)
     }
 
-    /// Writable [`Mat::head`].
-    pub fn head(data: &'a mut [f32], head: usize, rows: usize, cols: usize) -> MatMut<'a> {
-        MatMut::rows(&mut data[head * rows * cols..][..rows * cols], rows, cols)
-    }
-
     /// `[rows, cols]` with unit column stride and the given row stride (one head's columns of
     /// a `[rows, head * d_head]` matrix).
     pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> MatMut<'a> {

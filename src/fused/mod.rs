@@ -230,5 +230,6 @@ pub fn loss_and_grads(
         logits: r.logits.clone(),
         targets: r.targets.clone(),
         grads: r.grads.clone(),
+        stats: r.stats.clone(),
     })
 }
