@@ -285,17 +285,21 @@ fn pattern_backward(
                 .zip(d_weights.chunks_exact(r))
                 .zip(pattern.chunks_exact(t));
             for ((d_scores, d_weights), pattern) in heads {
-                // The pattern's gradient at position j, read from the table weights' (no
-                // scratch buffer in the step's hot loop), then the softmax's.
-                let d_pattern = |j: usize| d_weights[tokens[j] as usize] + d_weights[v + j];
+                let (d_token_weights, d_position_weights) = d_weights.split_at(v);
+                let (d_token_scores, d_position_scores) = d_scores.split_at_mut(v);
                 let pattern = &pattern[..query + 1];
-                let mean: f32 = (0..=query).map(|j| pattern[j] * d_pattern(j)).sum();
-                d_scores[..v].fill(0.0);
-                d_scores[v + query + 1..].fill(0.0);
-                for (j, &p) in pattern.iter().enumerate() {
-                    let g = p * (d_pattern(j) - mean);
-                    d_scores[tokens[j] as usize] += g;
-                    d_scores[v + j] = g;
+                // The pattern's gradient at each position, in the positions' scores for now.
+                d_position_scores[query + 1..].fill(0.0);
+                let d_pattern = &mut d_position_scores[..query + 1];
+                let positions = d_pattern.iter_mut().zip(tokens).zip(d_position_weights);
+                for ((d, &token), &d_position) in positions {
+                    *d = d_token_weights[token as usize] + d_position;
+                }
+                // Then the softmax's: p * (d_p - p . d_p), into the position and token rows.
+                softmax_backward_in_place(pattern, d_pattern);
+                d_token_scores.fill(0.0);
+                for (&g, &token) in d_pattern.iter().zip(tokens) {
+                    d_token_scores[token as usize] += g;
                 }
             }
         });

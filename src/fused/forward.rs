@@ -171,18 +171,21 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
                 .zip(weights.chunks_exact_mut(r))
                 .zip(pattern.chunks_exact_mut(t));
             for ((scores, weights), pattern) in heads {
+                let (token_scores, position_scores) = scores.split_at(v);
                 pattern[query + 1..].fill(0.0);
                 let pattern = &mut pattern[..query + 1];
-                for (j, (p, &token)) in pattern.iter_mut().zip(tokens).enumerate() {
-                    *p = scores[token as usize] + scores[v + j];
+                let positions = pattern.iter_mut().zip(tokens).zip(position_scores);
+                for ((p, &token), &position_score) in positions {
+                    *p = token_scores[token as usize] + position_score;
                 }
                 softmax_in_place(pattern);
-                weights[..v].fill(0.0);
-                weights[v + query + 1..].fill(0.0);
-                for (j, (&p, &token)) in pattern.iter().zip(tokens).enumerate() {
-                    weights[token as usize] += p;
-                    weights[v + j] = p;
+                let (token_weights, position_weights) = weights.split_at_mut(v);
+                token_weights.fill(0.0);
+                for (&p, &token) in pattern.iter().zip(tokens) {
+                    token_weights[token as usize] += p;
                 }
+                position_weights[..query + 1].copy_from_slice(pattern);
+                position_weights[query + 1..].fill(0.0);
             }
         });
 }
@@ -228,7 +231,11 @@ fn attention_per_row(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
 
 /// Scores to their softmax, in place.
 fn softmax_in_place(scores: &mut [f32]) {
-    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    // A compare rather than `f32::max`, whose NaN handling lengthens the loop's dependency
+    // chain; both skip NaN, and the sign of a zero maximum changes no `exp(x - max)`.
+    let max = scores
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
     scores.iter_mut().for_each(|p| *p = exp(*p - max));
     let sum: f32 = scores.iter().sum();
     scores.iter_mut().for_each(|p| *p /= sum);
