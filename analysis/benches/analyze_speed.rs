@@ -1,6 +1,6 @@
-//! The speed goal of the analyze issue: replaying a run of 5000 batches at snapshot-every 50
-//! (101 snapshots), d_model 128 / 4 heads, one digit, with `analyze all --contexts 100`, should
-//! take at most 15 s on this 2-core machine, two threads at least 1.7 times faster than one,
+//! The speed goal of `analyze`: replaying a run of 5000 batches at snapshot-every 50 (101
+//! snapshots), d_model 128 / 4 heads, one digit, with `analyze all --contexts 100`, should
+//! take at most 15 s on a 2-core machine, two threads at least 1.7 times faster than one,
 //! and peak memory should not grow with the number of snapshots.
 //!
 //!     cargo bench -p digitlab-analysis --bench analyze_speed
