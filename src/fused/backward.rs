@@ -166,19 +166,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
             // z = table weights @ value table, per head.
             let table_weights = &*table_weights;
             let value_table = &*value_table;
-            side.spawn(move |_| {
-                for (head, d_values) in d_value_table.chunks_exact_mut(r * dh).enumerate() {
-                    let weights = Mat::cols(table_weights, head * r, b, r, h * r);
-                    let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
-                    matmul(
-                        MatMut::rows(d_values, r, dh),
-                        weights.t(),
-                        d_z_head,
-                        1.0,
-                        false,
-                    );
-                }
-            });
+            side.spawn(move |_| table_gradients(s, d_value_table, table_weights, d_z));
             for head in 0..h {
                 let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
                 let values = Mat::cols(value_table, head * dh, r, dh, qkv);
@@ -189,19 +177,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
             // Scores = q . key table rows, with q already scaled by 1 / sqrt(d_head).
             let d_table_scores = &*d_table_scores;
             let q = &*q;
-            side.spawn(move |_| {
-                for (head, d_keys) in d_key_table.chunks_exact_mut(r * dh).enumerate() {
-                    let d_scores = Mat::cols(d_table_scores, head * r, b, r, h * r);
-                    let q_head = Mat::cols(q, head * dh, b, dh, qkv);
-                    matmul(
-                        MatMut::rows(d_keys, r, dh),
-                        d_scores.t(),
-                        q_head,
-                        1.0,
-                        false,
-                    );
-                }
-            });
+            side.spawn(move |_| table_gradients(s, d_key_table, d_table_scores, q));
             let scale = 1.0 / (dh as f32).sqrt();
             for head in 0..h {
                 let d_scores = Mat::cols(d_table_scores, head * r, b, r, h * r);
@@ -257,6 +233,18 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
             *e += g;
             *p += g;
         }
+    }
+}
+
+/// A key or value table's gradient (`[head, table row, d_head]`) in the dense attention: per
+/// head, `per_table_row^T @ per_row`, from a `[row, head, table row]` matrix (the table
+/// weights, or the scores' gradient) and a `[row, head * d_head]` one (`d_z`, or the queries).
+fn table_gradients(s: &Shapes, d_table: &mut [f32], per_table_row: &[f32], per_row: &[f32]) {
+    let (b, h, dh, r, qkv) = (s.rows(), s.n_heads, s.d_head, s.table_rows(), s.qkv());
+    for (head, d_table) in d_table.chunks_exact_mut(r * dh).enumerate() {
+        let a = Mat::cols(per_table_row, head * r, b, r, h * r);
+        let per_row = Mat::cols(per_row, head * dh, b, dh, qkv);
+        matmul(MatMut::rows(d_table, r, dh), a.t(), per_row, 1.0, false);
     }
 }
 
