@@ -36,8 +36,9 @@ pub fn run_with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -
 /// train_speed`). A second thread pays off where the products are large: 1.4x at d_model 512
 /// and batch 128, 1.6x for full-batch modular addition's 3,831 rows at d_model 128. It also
 /// pays off where the step is so small that generating the next batch, which the training
-/// loop does on another thread, is a large part of it: 1.4x at d_model 16 (the step's own
-/// loops stay on one thread there, see `fused::buffers::rows_per_task`). In between, at
+/// loop does on another thread with the weights' gradients, is a large part of it: 1.2x to
+/// 1.4x at d_model 16 (the step's own loops stay on one thread there, see
+/// `fused::buffers::rows_per_task`). In between, at
 /// d_model 128, one thread is as fast. The measure is the multiply-adds of the MLP's first
 /// product, `rows * d_model * d_mlp`, with `rows` the query rows of a batch.
 pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {

@@ -33,19 +33,24 @@ pub struct TrainState {
     ahead: BatchAhead,
 }
 
-/// A training batch generated ahead, with its index. Not part of the state: clones start
-/// without one and comparisons ignore it (the batch is a pure function of the config and its
-/// index, so having one changes no result).
+/// A training batch generated ahead, with the seed, batch size and index it was generated
+/// for. Not part of the state: clones start without one and comparisons ignore it (a batch is
+/// a pure function of those and the task, so having one changes no result).
 #[derive(Default)]
-struct BatchAhead(Option<(u64, Batch)>);
+struct BatchAhead(Option<((u64, usize, u64), Batch)>);
 
 impl BatchAhead {
     /// Batch `index` of `cfg`: the one generated ahead if it is that one, else generated now.
     fn take(&mut self, cfg: &TrainConfig, index: u64) -> Batch {
         match self.0.take() {
-            Some((i, batch)) if i == index => batch,
+            Some((key, batch)) if key == (cfg.seed, cfg.batch_size, index) => batch,
             _ => training_batch(&cfg.task, cfg.seed, index, cfg.batch_size),
         }
+    }
+
+    /// Keeps batch `index` of `cfg`.
+    fn keep(&mut self, cfg: &TrainConfig, index: u64, batch: Batch) {
+        self.0 = Some(((cfg.seed, cfg.batch_size, index), batch));
     }
 }
 
@@ -158,7 +163,7 @@ impl TrainState {
                 || fused.run(&self.params, &batch),
                 || training_batch(&cfg.task, cfg.seed, index + 1, cfg.batch_size),
             );
-            self.ahead = BatchAhead(Some((index + 1, next)));
+            self.ahead.keep(cfg, index + 1, next);
             return self.apply_step(cfg, result);
         }
         Ok(self.step_with_grads(cfg)?.0)
