@@ -374,12 +374,13 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
 }
 
 /// Trains from `state` to `cfg.steps`, writing snapshots, checkpoints and the log into `run`.
-/// `log` holds the rows before `state.batch` (empty for a new run).
+/// `log` holds the rows before `state.batch` (empty for a new run); the writer keeps it, and
+/// each step's row goes to it with the next snapshot or checkpoint.
 pub fn train(
     cfg: &TrainConfig,
     run: RunDir,
     mut state: TrainState,
-    mut log: TrainLog,
+    log: TrainLog,
     progress: bool,
 ) -> Result<()> {
     // The run directory adds the config hash to every snapshot.
@@ -387,7 +388,8 @@ pub fn train(
         ("format".to_string(), "digitlab-snapshot-v1".to_string()),
         ("digitlab_version".to_string(), cfg.digitlab_version.clone()),
     ]);
-    let mut writer = RunWriter::spawn(run, metadata);
+    let mut writer = RunWriter::spawn(run, metadata, log);
+    let mut rows = Vec::new();
     let bar = if progress {
         ProgressBar::new(cfg.steps)
     } else {
@@ -403,14 +405,18 @@ pub fn train(
     loop {
         let b = state.batch;
         let last = b == cfg.steps;
-        if b.is_multiple_of(cfg.snapshot_every) || last {
-            writer.send(WriteJob::Log(log.clone()))?;
+        let snapshot = b.is_multiple_of(cfg.snapshot_every) || last;
+        let checkpoint = b.is_multiple_of(cfg.checkpoint_every) || last;
+        if snapshot || checkpoint {
+            writer.send(WriteJob::LogRows(std::mem::take(&mut rows)))?;
+        }
+        if snapshot {
             writer.send(WriteJob::Snapshot {
                 batch: b,
                 tensors: state.params.clone(),
             })?;
         }
-        if b.is_multiple_of(cfg.checkpoint_every) || last {
+        if checkpoint {
             writer.send(WriteJob::Checkpoint(state.to_checkpoint(cfg)))?;
         }
         if last {
@@ -418,9 +424,9 @@ pub fn train(
         }
         let row = state.step(cfg)?;
         let loss = row.loss;
-        log.rows.push(row);
+        rows.push(row);
         if !loss.is_finite() {
-            writer.send(WriteJob::Log(log))?;
+            writer.send(WriteJob::LogRows(rows))?;
             writer.finish()?;
             bar.abandon();
             bail!(

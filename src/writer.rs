@@ -2,16 +2,23 @@
 //! compression and disk I/O overlap training instead of pausing it.
 //!
 //! Jobs are written in the order they were sent; each file is written atomically and the
-//! manifest after it, so a run killed at any moment is consistent on disk. The log is sent
-//! before the checkpoint of the same batch, so a checkpoint in the manifest always has the log
-//! rows before it on disk, which `--resume` relies on.
+//! manifest after it, so a run killed at any moment is consistent on disk. The training loop
+//! sends the log's new rows before the snapshot or checkpoint of the same batch, so the log on
+//! disk always reaches the newest batch the manifest lists, which readers check and `--resume`
+//! relies on.
+//!
+//! The log is one Parquet file, rewritten whole. The writer keeps the log and takes whatever
+//! jobs are waiting at once: their rows are added and the log written once, before their
+//! snapshots and checkpoints. A writer that falls behind (at d_model 16 a step is 0.1 ms and a
+//! log of thousands of rows takes milliseconds to encode) thus catches up instead of holding
+//! training back, and the main thread never copies the log.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Result};
-use digitlab_snapshots::{Checkpoint, NamedTensor, RunDir, TrainLog};
+use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
 
 /// Something to put in the run directory.
 pub enum WriteJob {
@@ -20,7 +27,8 @@ pub enum WriteJob {
         tensors: Vec<NamedTensor>,
     },
     Checkpoint(Checkpoint),
-    Log(TrainLog),
+    /// Rows to add to the log, which is written before any later snapshot or checkpoint.
+    LogRows(Vec<LogRow>),
 }
 
 /// The handle of the writer thread.
@@ -33,25 +41,11 @@ pub struct RunWriter {
 const QUEUE: usize = 4;
 
 impl RunWriter {
-    /// Starts the thread; `metadata` goes into every snapshot (the batch is added per file).
-    pub fn spawn(mut run: RunDir, metadata: BTreeMap<String, String>) -> RunWriter {
+    /// Starts the thread with the log so far; `metadata` goes into every snapshot (the batch is
+    /// added per file).
+    pub fn spawn(run: RunDir, metadata: BTreeMap<String, String>, log: TrainLog) -> RunWriter {
         let (sender, receiver) = sync_channel::<WriteJob>(QUEUE);
-        let handle = std::thread::spawn(move || -> Result<RunDir> {
-            for job in receiver {
-                match job {
-                    WriteJob::Snapshot { batch, tensors } => {
-                        let mut meta = metadata.clone();
-                        meta.insert("batch".into(), batch.to_string());
-                        run.write_snapshot(batch, &tensors, &meta)?;
-                    }
-                    WriteJob::Checkpoint(checkpoint) => {
-                        run.write_checkpoint(&checkpoint)?;
-                    }
-                    WriteJob::Log(log) => run.write_train_log(&log)?,
-                }
-            }
-            Ok(run)
-        });
+        let handle = std::thread::spawn(move || write_jobs(run, &metadata, log, &receiver));
         RunWriter {
             sender: Some(sender),
             handle: Some(handle),
@@ -89,4 +83,54 @@ impl RunWriter {
             .join()
             .map_err(|_| anyhow!("the writer thread panicked"))?
     }
+}
+
+/// The writer thread: every job that is waiting, taken together (see the module comment), until
+/// the sender is dropped; the log is written last if rows came after the last file.
+fn write_jobs(
+    mut run: RunDir,
+    metadata: &BTreeMap<String, String>,
+    mut log: TrainLog,
+    receiver: &Receiver<WriteJob>,
+) -> Result<RunDir> {
+    // The log as given (empty for a new run, cut at the checkpoint on resume) goes to disk
+    // before the first file.
+    let mut unwritten_rows = true;
+    while let Ok(first) = receiver.recv() {
+        let waiting = std::iter::once(first).chain(receiver.try_iter());
+        let mut files = Vec::new();
+        for job in waiting {
+            match job {
+                WriteJob::LogRows(rows) => {
+                    unwritten_rows |= !rows.is_empty();
+                    log.rows.extend(rows);
+                }
+                file => files.push(file),
+            }
+        }
+        if files.is_empty() {
+            continue;
+        }
+        if unwritten_rows {
+            run.write_train_log(&log)?;
+            unwritten_rows = false;
+        }
+        for file in files {
+            match file {
+                WriteJob::Snapshot { batch, tensors } => {
+                    let mut meta = metadata.clone();
+                    meta.insert("batch".into(), batch.to_string());
+                    run.write_snapshot(batch, &tensors, &meta)?;
+                }
+                WriteJob::Checkpoint(checkpoint) => {
+                    run.write_checkpoint(&checkpoint)?;
+                }
+                WriteJob::LogRows(_) => unreachable!("rows were taken out above"),
+            }
+        }
+    }
+    if unwritten_rows {
+        run.write_train_log(&log)?;
+    }
+    Ok(run)
 }
