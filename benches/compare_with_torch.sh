@@ -6,6 +6,9 @@
 # answer layout (all digits at once, d_model 128) is compared with the naive reference only
 # (the last-position variant reads one position). Prints the load average with the figures:
 # the machine may be shared.
+# Also measured, the way a user meets it: the whole `train` process at its default threads,
+# writing snapshots every 50 batches (and checkpoints, and the log), as the marginal rate
+# between runs of N and 2N batches (`process=`, with its ratios), so start-up cancels out.
 # Needs a Python with torch: TORCH_PYTHON (default /tmp/torch-venv/bin/python) and the
 # reference script TORCH_REFERENCE (default benches/torch_reference.py).
 set -euo pipefail
@@ -20,7 +23,11 @@ if ! "$python" -c "import torch" 2>/dev/null; then
 fi
 # --workspace: the same feature set as `cargo build --release --workspace`, so nothing is rebuilt.
 cargo bench --workspace --bench train_speed --no-run 2>/dev/null
+cargo build --release --workspace --bins 2>/dev/null
 bench=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/train_speed-* | grep -v '\.d$' | head -1)
+train=${CARGO_TARGET_DIR:-target}/release/train
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 rate() { sed -n 's/.*steps_per_sec=\([0-9.]*\).*/\1/p'; }
 torch_rate() {
@@ -28,24 +35,44 @@ torch_rate() {
     --layout "$5" --digit "$6" | rate
 }
 ratio() { python3 -c "print(round($1/$2, 1))"; }
+# Seconds the command takes, its output discarded.
+seconds() {
+  python3 -c 'import subprocess, sys, time
+t = time.perf_counter()
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+print(time.perf_counter() - t)' "$@"
+}
+# Marginal steps/s of `train` (layout, d_model, heads, N) from N to 2N batches.
+process_rate() {
+  local args=(--d-model "$2" --n-heads "$3" --snapshot-every 50 --quiet)
+  if [ "$1" = answer ]; then args+=(--layout answer --digits all); fi
+  rm -rf "$scratch"/a "$scratch"/b
+  local short long
+  short=$(seconds "$train" "$scratch"/a "${args[@]}" --steps "$4")
+  long=$(seconds "$train" "$scratch"/b "${args[@]}" --steps $((2 * $4)))
+  python3 -c "print(round($4 / ($long - $short), 1))"
+}
 for config in "prompt 128 4 600" "prompt 512 1 100" "prompt 16 1 3000" "answer 128 4 200"; do
   set -- $config
   layout=$1 d_model=$2 heads=$3 steps=$4
   if [ "$layout" = answer ]; then digit=all name="answer${d_model}x${heads}"; else digit=0 name="${d_model}x${heads}"; fi
-  ours=() naive=() lastpos=()
+  ours=() naive=() lastpos=() process=()
   for _ in $(seq "$rounds"); do
     naive+=("$(torch_rate "$d_model" "$heads" "$steps" naive "$layout" "$digit")")
     ours+=("$("$bench" "$name" | rate | sort -g | tail -1)")
+    process+=("$(process_rate "$layout" "$d_model" "$heads" "$steps")")
     if [ "$layout" = prompt ]; then
       lastpos+=("$(torch_rate "$d_model" "$heads" "$steps" lastpos "$layout" "$digit")")
     fi
   done
   n=$(printf '%s\n' "${naive[@]}" | median)
   o=$(printf '%s\n' "${ours[@]}" | median)
+  p=$(printf '%s\n' "${process[@]}" | median)
   line="layout=$layout d_model=$d_model n_heads=$heads torch_naive=$n digitlab=$o to_naive=$(ratio "$o" "$n")x"
+  line="$line process=$p process_to_naive=$(ratio "$p" "$n")x"
   if [ "$layout" = prompt ]; then
     l=$(printf '%s\n' "${lastpos[@]}" | median)
-    line="$line torch_lastpos=$l to_lastpos=$(ratio "$o" "$l")x"
+    line="$line torch_lastpos=$l to_lastpos=$(ratio "$o" "$l")x process_to_lastpos=$(ratio "$p" "$l")x"
   fi
   echo "$line load_average=\"$(cut -d' ' -f1-3 /proc/loadavg)\""
 done

@@ -3,7 +3,8 @@
 //! 1000 steps; a checkpoint round trip (in memory, and through a checkpoint file of a run
 //! directory) continues bit for bit; every n and both layouts train; and a log row's numbers
 //! (loss, per-digit losses, logsumexp, norms, lr) agree with an f64 computation written here
-//! from the model's own logits and the weights before and after the step.
+//! from the model's own logits and the weights before and after the step; and snapshots every
+//! 5 batches, faster than the writer rewrites the log, are all listed with a complete log.
 
 mod common;
 
@@ -344,4 +345,40 @@ fn log_row_agrees_with_an_independent_computation() {
         grad_sq += f64::from(stats.grad_norm).powi(2);
     }
     close(row.grad_norm, grad_sq.sqrt(), 1e-5, "global gradient norm");
+}
+
+/// Snapshots every 5 batches of a small model come far faster than the log can be rewritten;
+/// the writer gathers them. Every snapshot and checkpoint is listed, the log has every batch,
+/// and its rows are those of a run that saved its weights only at the end.
+#[test]
+fn frequent_snapshots_are_all_written_and_the_log_is_complete() {
+    let steps = 400;
+    let run = |snapshot_every: u64| {
+        let mut cfg = config(units_digit(), 16, 1, 16);
+        cfg.steps = steps;
+        cfg.snapshot_every = snapshot_every;
+        cfg.checkpoint_every = 10 * snapshot_every;
+        let dir = scratch(&format!("frequent-snapshots-{snapshot_every}"));
+        let (run, state, log) = digitlab::train::new_run(&cfg, &dir.join("run")).unwrap();
+        digitlab::train::train(&cfg, run, state, log, false).unwrap();
+        let run = RunDir::open(&dir.join("run")).unwrap();
+        let batches = |files: &[digitlab_snapshots::FileEntry]| -> Vec<u64> {
+            files.iter().map(|f| f.batch).collect()
+        };
+        let expected: Vec<u64> = (0..=steps).step_by(snapshot_every as usize).collect();
+        assert_eq!(batches(&run.manifest().snapshots), expected);
+        let checkpoints: Vec<u64> = (0..=steps)
+            .filter(|b| b % (10 * snapshot_every) == 0 || *b == steps)
+            .collect();
+        assert_eq!(batches(&run.manifest().checkpoints), checkpoints);
+        let log = run.read_train_log().unwrap().expect("the log is written");
+        let rows: Vec<u64> = log.rows.iter().map(|r| r.batch).collect();
+        assert_eq!(rows, (0..steps).collect::<Vec<_>>());
+        log.rows
+    };
+    assert_eq!(
+        run(5),
+        run(steps),
+        "the log's rows depend on how often weights were saved"
+    );
 }
