@@ -27,9 +27,21 @@ pub struct RowStats {
     pub saturated: bool,
 }
 
-/// A row's statistics from the float32 softmax terms a cross-entropy computes anyway:
-/// `exps[i] = exp(x_i - max)` with [`crate::exp`], `max = x_top` the row's first largest
-/// logit, and `denom` the float32 sum of `exps` in order. The saturation test is float32
+/// Float32 softmax's terms of a row of logits, as the training step computes them: writes
+/// `terms[i] = exp(x_i - max)` with [`crate::exp`] and returns `(top, max, denom)`, `max =
+/// x_top` the row's first largest logit and `denom` the terms' float32 sum in order.
+pub fn softmax_terms(row: &[f32], terms: &mut [f32]) -> (usize, f32, f32) {
+    let top = first_argmax(row);
+    let max = row[top];
+    // Exponentials first, then their sum in order: the first loop vectorises.
+    for (e, &x) in terms.iter_mut().zip(row) {
+        *e = exp(x - max);
+    }
+    (top, max, terms.iter().sum())
+}
+
+/// A row's statistics from its [`softmax_terms`] (which a cross-entropy computes anyway):
+/// `exps`, `denom`, `max` and `top` as that returns them. The saturation test is float32
 /// softmax's own division; the logsumexp sums the terms other than the top one (exactly 1) in
 /// f64 and adds them with `ln_1p`, as [`crate::log_softmax`] does.
 pub fn row_stats(exps: &[f32], denom: f32, max: f32, top: usize, target: usize) -> RowStats {
@@ -58,15 +70,13 @@ pub fn output_stats(logits: &[f32], n_out: usize, targets: &[u32], n_digits: usi
     let rows: Vec<RowStats> = logits
         .par_chunks_exact(n_out)
         .zip(targets.par_iter())
-        .map_init(Vec::new, |exps, (row, &target)| {
-            let top = first_argmax(row);
-            let max = row[top];
-            // Softmax as float32 computes it: exp(x - max) / sum.
-            exps.clear();
-            exps.extend(row.iter().map(|&x| exp(x - max)));
-            let denom: f32 = exps.iter().sum();
-            row_stats(exps, denom, max, top, target as usize)
-        })
+        .map_init(
+            || vec![0.0; n_out],
+            |exps, (row, &target)| {
+                let (top, max, denom) = softmax_terms(row, exps);
+                row_stats(exps, denom, max, top, target as usize)
+            },
+        )
         .collect();
     combine(&rows, logits, n_out, targets, n_digits)
 }

@@ -17,7 +17,7 @@ use crate::output_stats::output_stats;
 use crate::resources::MemoryNeed;
 use crate::step::{eval_loss, loss_and_grads, StepResult};
 use crate::task::{training_batch, Batch};
-use crate::writer::{RunWriter, WriteJob};
+use crate::writer::{RunFile, RunWriter, WriteJob};
 
 /// Weights and optimizer state after `batch` steps.
 #[derive(Clone, Debug, PartialEq)]
@@ -411,13 +411,15 @@ pub fn train(
             writer.send(WriteJob::LogRows(std::mem::take(&mut rows)))?;
         }
         if snapshot {
-            writer.send(WriteJob::Snapshot {
+            writer.send(WriteJob::File(RunFile::Snapshot {
                 batch: b,
                 tensors: state.params.clone(),
-            })?;
+            }))?;
         }
         if checkpoint {
-            writer.send(WriteJob::Checkpoint(state.to_checkpoint(cfg)))?;
+            writer.send(WriteJob::File(RunFile::Checkpoint(
+                state.to_checkpoint(cfg),
+            )))?;
         }
         if last {
             break;

@@ -26,13 +26,18 @@ use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
 
 /// Something to put in the run directory.
 pub enum WriteJob {
+    /// Rows to add to the log, which is written before any later file.
+    LogRows(Vec<LogRow>),
+    File(RunFile),
+}
+
+/// A file of weights the manifest lists.
+pub enum RunFile {
     Snapshot {
         batch: u64,
         tensors: Vec<NamedTensor>,
     },
     Checkpoint(Checkpoint),
-    /// Rows to add to the log, which is written before any later snapshot or checkpoint.
-    LogRows(Vec<LogRow>),
 }
 
 /// The handle of the writer thread.
@@ -116,7 +121,7 @@ fn write_jobs(
                     unwritten_rows |= !rows.is_empty();
                     log.rows.extend(rows);
                 }
-                file => {
+                WriteJob::File(file) => {
                     bytes += file.tensor_bytes();
                     files.push(file);
                 }
@@ -135,15 +140,14 @@ fn write_jobs(
         }
         for file in files {
             match file {
-                WriteJob::Snapshot { batch, tensors } => {
+                RunFile::Snapshot { batch, tensors } => {
                     let mut meta = metadata.clone();
                     meta.insert("batch".into(), batch.to_string());
                     run.write_snapshot(batch, &tensors, &meta)?;
                 }
-                WriteJob::Checkpoint(checkpoint) => {
+                RunFile::Checkpoint(checkpoint) => {
                     run.write_checkpoint(&checkpoint)?;
                 }
-                WriteJob::LogRows(_) => unreachable!("rows were taken out above"),
             }
         }
     }
@@ -153,15 +157,14 @@ fn write_jobs(
     Ok(run)
 }
 
-impl WriteJob {
-    /// Bytes of the tensors a snapshot or checkpoint job holds (none for log rows).
+impl RunFile {
+    /// Bytes of the tensors the file holds.
     fn tensor_bytes(&self) -> usize {
         let floats =
             |tensors: &[NamedTensor]| -> usize { tensors.iter().map(|t| t.data.len()).sum() };
         4 * match self {
-            WriteJob::Snapshot { tensors, .. } => floats(tensors),
-            WriteJob::Checkpoint(c) => floats(&c.params) + floats(&c.adam_m) + floats(&c.adam_v),
-            WriteJob::LogRows(_) => 0,
+            RunFile::Snapshot { tensors, .. } => floats(tensors),
+            RunFile::Checkpoint(c) => floats(&c.params) + floats(&c.adam_m) + floats(&c.adam_v),
         }
     }
 }

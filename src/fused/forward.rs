@@ -9,8 +9,7 @@ use super::buffers::{rows_per_task, Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
 use crate::exp::exp;
-use crate::log_softmax::first_argmax;
-use crate::output_stats::{combine, row_stats};
+use crate::output_stats::{combine, row_stats, softmax_terms};
 
 /// Fills `buf` with the activations of `tokens` (`[batch, pos]`), the logits, the loss and the
 /// gradient of the loss with respect to the logits.
@@ -275,13 +274,7 @@ fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
         .for_each(|((((logits, d_logits), &target), loss), stats)| {
             logits.iter_mut().zip(b_u).for_each(|(x, b)| *x += b);
             let logits = &*logits;
-            let top = first_argmax(logits);
-            let max = logits[top];
-            // Exponentials first, then their sum in order: the first loop vectorises.
-            for (d, &x) in d_logits.iter_mut().zip(logits) {
-                *d = exp(x - max);
-            }
-            let sum: f32 = d_logits.iter().sum();
+            let (top, max, sum) = softmax_terms(logits, d_logits);
             let target = target as usize;
             *loss = f64::from(max + sum.ln() - logits[target]);
             *stats = row_stats(d_logits, sum, max, top, target);
