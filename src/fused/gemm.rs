@@ -1,10 +1,12 @@
 //! Matrix products of the fused step: strided views over plain `f32` slices, multiplied by the
-//! `gemm` crate directly.
+//! `gemm` crate directly, or, when small, by [`small`]'s kernel with the same bits.
 //!
 //! Views carry their own strides, so transposes and single heads of `[head, d_model, d_head]`
 //! tensors are read in place, never copied. `gemm` picks its micro-kernel at run time (see
 //! [`super::kernel`]) and splits a product over rayon's pool only along output tiles, never along
 //! the summed dimension, so the bytes do not depend on the number of threads.
+
+mod small;
 
 use ::gemm::Parallelism;
 use rayon::prelude::*;
@@ -155,6 +157,9 @@ pub fn matmul(dst: MatMut, a: Mat, b: Mat, scale: f32, accumulate: bool) {
             }
         }
         return;
+    }
+    if small::applies(&dst, &a, &b) {
+        return small::multiply(dst, a, b, scale, accumulate);
     }
     if b.row_stride == 1 && b.col_stride != 1 && b.rows * b.cols >= TRANSPOSED_WEIGHT {
         COLUMN_MAJOR.with_borrow_mut(|product| {
