@@ -63,16 +63,23 @@ pub(super) fn applies(dst: &MatMut, a: &Mat, b: &Mat) -> bool {
 
 /// `dst = a @ b * scale`, or `dst += a @ b * scale` when `accumulate`; only where
 /// [`applies`].
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(super) fn multiply(dst: MatMut, a: Mat, b: Mat, scale: f32, accumulate: bool) {
+    let simd = simd().expect("`applies` checked for FMA");
+    multiply_with(simd, dst, a, b, scale, accumulate);
+}
+
+/// [`multiply`] with the kernel for `simd` (AVX-512, or else AVX2 and FMA), which the CPU must
+/// have.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn multiply_with(simd: Simd, dst: MatMut, a: Mat, b: Mat, scale: f32, accumulate: bool) {
     let (depth, cols) = (b.rows, b.cols);
     let padded = cols.next_multiple_of(WIDTH);
     let run = |b_rows: &[f32], b_stride: usize| {
-        // SAFETY: `applies` found the CPU features these functions are compiled for.
+        // SAFETY: the CPU has the features these functions are compiled for (see above).
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            match simd() {
-                Some(Simd::Avx512) => {
+            match simd {
+                Simd::Avx512 => {
                     rows_avx512(dst, a, b_rows, b_stride, scale, accumulate);
                 }
                 _ => rows_fma(dst, a, b_rows, b_stride, scale, accumulate),
@@ -301,14 +308,27 @@ mod tests {
     }
 
     /// Every layout the fused step multiplies (row-major and transposed operands, an output
-    /// that is some columns of a wider matrix), assigned and accumulated, scaled and not: the
-    /// same bits as `gemm`, which computes the same sums in its own code.
+    /// that is some columns of a wider matrix), assigned and accumulated, scaled and not, by
+    /// each kernel this CPU can run: the same bits as `gemm`, which computes the same sums in
+    /// its own code.
     #[test]
     fn products_have_gemm_bits() {
-        if simd().is_none() {
+        let Some(simd) = simd() else {
             eprintln!("skipped: this CPU has no FMA, so small products go to `gemm` itself");
             return;
+        };
+        let kernels: &[Simd] = if simd == Simd::Avx512 {
+            &[Simd::Avx512, Simd::Fma]
+        } else {
+            eprintln!("AVX-512 kernel not tested: this CPU does not have AVX-512");
+            &[Simd::Fma]
+        };
+        for &kernel in kernels {
+            products_have_gemm_bits_with(kernel);
         }
+    }
+
+    fn products_have_gemm_bits_with(kernel: Simd) {
         let mut computed_here = 0;
         for (m, k, n) in [
             (2, 3, 2),
@@ -353,7 +373,7 @@ mod tests {
                     continue;
                 }
                 computed_here += 1;
-                multiply(dst, a, b, scale, accumulate);
+                multiply_with(kernel, dst, a, b, scale, accumulate);
                 let dst = MatMut::strided(&mut by_gemm[1..], m, n, width);
                 let ptr = dst.data.as_mut_ptr();
                 // SAFETY: `dst` is a checked view of its own buffer.
@@ -362,7 +382,7 @@ mod tests {
                     assert_eq!(
                         x.to_bits(),
                         y.to_bits(),
-                        "[{m}, {k}] @ [{k}, {n}], a^T {a_t}, b^T {b_t}, scale {scale}, \
+                        "{kernel:?}: [{m}, {k}] @ [{k}, {n}], a^T {a_t}, b^T {b_t}, scale {scale}, \
                          accumulate {accumulate}: element {i}, {x} here, {y} by gemm"
                     );
                 }
