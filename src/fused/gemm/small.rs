@@ -94,13 +94,16 @@ fn multiply_with(simd: Simd, dst: MatMut, a: Mat, b: Mat, scale: f32, accumulate
     PACKED.with_borrow_mut(|packed| {
         packed.clear();
         packed.resize(depth * padded, 0.0);
-        // Element by element through pointers: with iterators and bounds checks this copy
-        // took as long as the product. The view's constructor checked every element of `b`.
+        // Element by element through pointers, the strides in locals: with bounds checks, or
+        // with the strides read from the view after every store (which might have changed
+        // them, as far as the compiler knew), this copy took as long as the product. The
+        // view's constructor checked every element of `b`.
         let (from, to) = (b.data.as_ptr(), packed.as_mut_ptr());
+        let (row_stride, col_stride) = (b.row_stride, b.col_stride);
         for p in 0..depth {
             for j in 0..cols {
                 // SAFETY: `(p, j)` is an element of `b` and of the `[depth, padded]` copy.
-                unsafe { *to.add(p * padded + j) = *from.add(p * b.row_stride + j * b.col_stride) };
+                unsafe { *to.add(p * padded + j) = *from.add(p * row_stride + j * col_stride) };
             }
         }
         run(packed, padded);
