@@ -10,7 +10,8 @@
 # writing snapshots every 50 batches (and checkpoints, and the log), as the marginal rate
 # between runs of N and 2N batches (`process=`, with its ratios), so start-up cancels out.
 # Needs a Python with torch: TORCH_PYTHON (default /tmp/torch-venv/bin/python) and the
-# reference script TORCH_REFERENCE (default benches/torch_reference.py).
+# reference script TORCH_REFERENCE (default benches/torch_reference.py). ONLY=16x1 (or 128x4,
+# 512x1, answer128x4) measures that config alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${TORCH_PYTHON:-/tmp/torch-venv/bin/python}
@@ -56,6 +57,7 @@ for config in "prompt 128 4 600" "prompt 512 1 100" "prompt 16 1 3000" "answer 1
   set -- $config
   layout=$1 d_model=$2 heads=$3 steps=$4
   if [ "$layout" = answer ]; then digit=all name="answer${d_model}x${heads}"; else digit=0 name="${d_model}x${heads}"; fi
+  if [ -n "${ONLY:-}" ] && [ "$name" != "$ONLY" ]; then continue; fi
   ours=() naive=() lastpos=() process=()
   for _ in $(seq "$rounds"); do
     naive+=("$(torch_rate "$d_model" "$heads" "$steps" naive "$layout" "$digit")")

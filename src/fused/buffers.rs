@@ -1,6 +1,7 @@
 //! The shapes of one fused step and the buffers it works in, allocated once per config and
 //! reused by every step (the steady state allocates nothing for activations or gradients).
 
+use super::aligned::Floats;
 use crate::config::TrainConfig;
 use crate::output_stats::RowStats;
 use crate::step::StepResult;
@@ -127,49 +128,49 @@ impl Shapes {
 pub struct Buffers {
     /// `W_E` rows then `W_pos` rows, `[table row, d_model]`: what queries, keys and values are
     /// read from.
-    pub table_in: Vec<f32>,
+    pub table_in: Floats,
     /// Query, key and value tables, `[table row, head * d_head]`, biases on the token rows; the
     /// query table is scaled by `1 / sqrt(d_head)`.
-    pub query_table: Vec<f32>,
-    pub key_table: Vec<f32>,
-    pub value_table: Vec<f32>,
+    pub query_table: Floats,
+    pub key_table: Floats,
+    pub value_table: Floats,
     /// Scaled queries, `[row, head * d_head]`.
-    pub q: Vec<f32>,
+    pub q: Floats,
     /// Query-key products with every table row, `[row, head, table row]`.
-    pub table_scores: Vec<f32>,
+    pub table_scores: Floats,
     /// Attention pattern at the query positions, `[row, head, pos]`, zero past the query.
-    pub pattern: Vec<f32>,
+    pub pattern: Floats,
     /// Attention mass per table row (token rows summed over the positions holding the token),
     /// `[row, head, table row]`.
-    pub table_weights: Vec<f32>,
+    pub table_weights: Floats,
     /// Attention result before W_O, `[row, head * d_head]`.
-    pub z: Vec<f32>,
-    pub resid_mid: Vec<f32>,
+    pub z: Floats,
+    pub resid_mid: Floats,
     /// MLP pre-activation, `[row, d_mlp]`.
-    pub pre: Vec<f32>,
-    pub post: Vec<f32>,
-    pub resid_post: Vec<f32>,
+    pub pre: Floats,
+    pub post: Floats,
+    pub resid_post: Floats,
     /// Each row's cross-entropy, summed in row order into the loss.
     pub row_loss: Vec<f64>,
     /// Each row's contribution to the log's output statistics, from the same softmax.
     pub row_stats: Vec<RowStats>,
     /// Gradient of the loss with respect to the logits, `[row, d_vocab_out]`.
-    pub d_logits: Vec<f32>,
-    pub d_resid_post: Vec<f32>,
+    pub d_logits: Floats,
+    pub d_resid_post: Floats,
     /// Gradient of the MLP pre-activation, `[row, d_mlp]` (its own buffer, so that `post` is
     /// still there for `W_out`'s gradient, computed alongside).
-    pub d_pre: Vec<f32>,
-    pub d_resid_mid: Vec<f32>,
-    pub d_z: Vec<f32>,
-    pub d_table_weights: Vec<f32>,
-    pub d_table_scores: Vec<f32>,
+    pub d_pre: Floats,
+    pub d_resid_mid: Floats,
+    pub d_z: Floats,
+    pub d_table_weights: Floats,
+    pub d_table_scores: Floats,
     /// Gradient of the scores at the query's prefix, `[row, head, pos]` (per-row attention).
-    pub d_scores: Vec<f32>,
-    pub d_q: Vec<f32>,
-    pub d_query_table: Vec<f32>,
-    pub d_key_table: Vec<f32>,
-    pub d_value_table: Vec<f32>,
-    pub d_table_in: Vec<f32>,
+    pub d_scores: Floats,
+    pub d_q: Floats,
+    pub d_query_table: Floats,
+    pub d_key_table: Floats,
+    pub d_value_table: Floats,
+    pub d_table_in: Floats,
     /// Loss, logits `[row, d_vocab_out]`, targets and gradients, as the training loop reads
     /// them.
     pub result: StepResult,
@@ -180,7 +181,7 @@ impl Buffers {
     /// the weights' gradients), to check [`Shapes::buffer_bytes`].
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        let activations = [
+        let activations: [&[f32]; 27] = [
             &self.table_in,
             &self.q,
             &self.key_table,
@@ -218,7 +219,7 @@ impl Buffers {
 
     /// Zeroed buffers for `s`; `grad_sizes` in the trained-tensor order of the config.
     pub fn new(s: &Shapes, grad_sizes: &[usize]) -> Buffers {
-        let z = |n: usize| vec![0f32; n];
+        let z = Floats::zeros;
         let (b, d, r, m) = (s.rows(), s.d_model, s.table_rows(), s.d_mlp);
         let (per_head, per_position) = (s.n_heads * b * r, s.n_heads * b * s.pos);
         let (per_head, d_scores) = if s.attention_per_row() {
@@ -257,9 +258,9 @@ impl Buffers {
             d_query_table: z(r * s.qkv()),
             result: StepResult {
                 loss: 0.0,
-                logits: z(b * s.d_vocab_out),
+                logits: vec![0.0; b * s.d_vocab_out],
                 targets: vec![0; b],
-                grads: grad_sizes.iter().map(|&n| z(n)).collect(),
+                grads: grad_sizes.iter().map(|&n| vec![0.0; n]).collect(),
                 stats: None,
             },
         }

@@ -19,6 +19,7 @@
 //! Buffers live in a thread-local [`FusedStep`], built on the first step of a config and
 //! reused by every later one.
 
+mod aligned;
 mod backward;
 mod buffers;
 mod denormals;
