@@ -102,7 +102,9 @@ fn multiply_with(simd: Simd, dst: MatMut, a: Mat, b: Mat, scale: f32, accumulate
     }
     PACKED.with_borrow_mut(|packed| {
         let packed = packed.get_or_insert_with(|| Floats::zeros(0));
-        packed.reset(depth * padded);
+        // Columns past `cols` keep whatever an earlier product left there: they are summed
+        // into outputs that are never stored.
+        packed.set_len(depth * padded);
         if b.col_stride == 1 {
             for (p, row) in packed.chunks_exact_mut(padded).enumerate() {
                 row[..cols].copy_from_slice(&b.data[p * b.row_stride..][..cols]);
