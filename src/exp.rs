@@ -25,7 +25,8 @@ pub fn exp(x: f32) -> f32 {
     // `round` (which baseline x86-64 does not have as an instruction).
     const ROUND: f32 = 12_582_912.0;
     let clamped = x.clamp(MIN_ARG, MAX_ARG);
-    let n = (clamped * LOG2_E + ROUND) - ROUND;
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
@@ -33,8 +34,15 @@ pub fn exp(x: f32) -> f32 {
         + 0.5;
     let e_r = p * r * r + r + 1.0;
     // 2^n as 2^(n - 1) from its exponent bits, times 2: n is in [-125, 128], so the biased
-    // exponent n - 1 + 127 stays in [1, 254] even where e^x is near float32's largest.
-    let half = f32::from_bits((((n as i32) + 126) as u32) << 23);
+    // exponent n - 1 + 127 stays in [1, 254] even where e^x is near float32's largest. n is
+    // read from the bits of `shifted`, whose significand holds ROUND + n exactly, not with
+    // `n as i32`: Rust's float-to-integer conversion saturates, which compilers do not
+    // vectorise, and that one conversion kept the softmax loops scalar.
+    let n_plus_126 = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(126);
+    let half = f32::from_bits(n_plus_126 << 23);
     let y = e_r * half * 2.0;
     if x < MIN_ARG {
         0.0
