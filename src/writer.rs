@@ -2,14 +2,15 @@
 //! compression and disk I/O overlap training instead of pausing it.
 //!
 //! Jobs are written in the order they were sent; each file is written atomically and the
-//! manifest after it, so a run killed at any moment is consistent on disk. The training loop
+//! manifest after them, so a run killed at any moment is consistent on disk. The training loop
 //! sends the log's new rows before the snapshot or checkpoint of the same batch, so the log on
 //! disk always reaches the newest batch the manifest lists, which readers check and `--resume`
 //! relies on.
 //!
 //! The log is one Parquet file, rewritten whole. The writer keeps the log and gathers jobs for
 //! [`GATHER`] (or until they hold [`GATHER_BYTES`] of tensors): their rows are added and the
-//! log written once, before their snapshots and checkpoints. At d_model 16 a step is 0.1 ms,
+//! log written once, before their snapshots and checkpoints, and the manifest once, after
+//! them ([`RunDir::write_files`]). At d_model 16 a step is 0.1 ms,
 //! so snapshots every 50 batches come every 5 ms, and encoding a log of thousands of rows takes
 //! milliseconds of a core that training needs; gathered, the log is written a few times a
 //! second whatever the snapshot rate. A run killed meanwhile loses at most those files (it
@@ -22,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
+use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, NewFile, RunDir, TrainLog};
 
 /// Something to put in the run directory.
 pub enum WriteJob {
@@ -138,18 +139,31 @@ fn write_jobs(
             run.write_train_log(&log)?;
             unwritten_rows = false;
         }
-        for file in files {
-            match file {
-                RunFile::Snapshot { batch, tensors } => {
+        // Each snapshot's metadata (checkpoints carry their own).
+        let snapshot_metadata: Vec<BTreeMap<String, String>> = files
+            .iter()
+            .map(|file| match file {
+                RunFile::Snapshot { batch, .. } => {
                     let mut meta = metadata.clone();
                     meta.insert("batch".into(), batch.to_string());
-                    run.write_snapshot(batch, &tensors, &meta)?;
+                    meta
                 }
-                RunFile::Checkpoint(checkpoint) => {
-                    run.write_checkpoint(&checkpoint)?;
-                }
-            }
-        }
+                RunFile::Checkpoint(_) => BTreeMap::new(),
+            })
+            .collect();
+        let new_files: Vec<NewFile> = files
+            .iter()
+            .zip(&snapshot_metadata)
+            .map(|(file, metadata)| match file {
+                RunFile::Snapshot { batch, tensors } => NewFile::Snapshot {
+                    batch: *batch,
+                    tensors,
+                    metadata,
+                },
+                RunFile::Checkpoint(checkpoint) => NewFile::Checkpoint(checkpoint),
+            })
+            .collect();
+        run.write_files(&new_files)?;
     }
     if unwritten_rows {
         run.write_train_log(&log)?;

@@ -144,7 +144,9 @@ fn kill_after_checkpoint(args: &[String], dir: &Path, after: u64, steps: u64) ->
 fn a_run_killed_twice_and_resumed_equals_an_uninterrupted_one() {
     let root = scratch("kill");
     let (reference, killed) = (root.join("reference"), root.join("killed"));
-    let steps = 1500;
+    // Long enough that the writer, which lists files a few times a second, lists a
+    // checkpoint well before the end, twice, on a fast machine.
+    let steps = 8000;
     run_ok(&strs(&small(steps, &reference)));
 
     let first = kill_after_checkpoint(&small(steps, &killed), &killed, 0, steps);

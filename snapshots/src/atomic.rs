@@ -29,6 +29,14 @@ const ATTEMPTS: u64 = 64;
 /// the rename survives a crash. The temporary file is removed if anything fails before the
 /// rename. Failures are [`RunError::Write`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let folder = replace_file(path, bytes)?;
+    sync_folder(&folder)
+}
+
+/// The temporary file, its flush and the rename of [`write_atomic`]; returns the folder, for
+/// the caller to flush with [`sync_folder`] (once for many files: see
+/// [`crate::RunDir::write_files`]).
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<PathBuf, RunError> {
     let Some(name) = path.file_name() else {
         return Err(RunError::write(
             path,
@@ -50,7 +58,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
         let _ = fs::remove_file(&tmp);
         return Err(RunError::write(path, source));
     }
-    sync_folder(&folder).map_err(|source| RunError::write(&folder, source))
+    Ok(folder)
 }
 
 /// Whether `name` is one of the temporary names [`write_atomic`] uses.
@@ -82,15 +90,20 @@ fn create_temporary(folder: &Path, name: &str) -> Result<(PathBuf, File), RunErr
     ))
 }
 
-/// Flush a folder's entries (the rename) to disk. Only Unix can open a folder for this.
+/// Flush a folder's entries (the renames) to disk; failures are [`RunError::Write`].
+pub(crate) fn sync_folder(folder: &Path) -> Result<(), RunError> {
+    sync_folder_entries(folder).map_err(|source| RunError::write(folder, source))
+}
+
+/// Only Unix can open a folder for this.
 #[cfg(unix)]
-fn sync_folder(folder: &Path) -> io::Result<()> {
+fn sync_folder_entries(folder: &Path) -> io::Result<()> {
     File::open(folder)?.sync_all()
 }
 
-/// Flush a folder's entries (the rename) to disk. Only Unix can open a folder for this.
+/// Only Unix can open a folder for this.
 #[cfg(not(unix))]
-fn sync_folder(_folder: &Path) -> io::Result<()> {
+fn sync_folder_entries(_folder: &Path) -> io::Result<()> {
     Ok(())
 }
 

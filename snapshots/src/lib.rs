@@ -37,7 +37,7 @@ pub use hash::{config_hash, run_config_hash, sha256_hex};
 pub use lock::{RunLock, LOCK_FILE};
 pub use manifest::{checkpoint_file, snapshot_file, FileEntry, Manifest, MANIFEST_FORMAT};
 pub use parquet::{read_parquet, write_parquet_atomic};
-pub use run::{RunDir, CONFIG_HASH_KEY};
+pub use run::{NewFile, RunDir, CONFIG_HASH_KEY};
 pub use snapshot::{decode_tensors, encode_tensors, Snapshot};
 pub use tensor::NamedTensor;
 pub use train_log::{LogRow, TensorStats, TrainLog};

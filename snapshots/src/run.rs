@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::atomic::is_temporary;
+use crate::atomic::{replace_file, sync_folder};
 use crate::compress::decompress_checked;
 use crate::lock::{RunLock, LOCK_FILE};
 use crate::manifest::{checkpoint_file, snapshot_file};
@@ -49,6 +50,18 @@ const LOG_CONFIG_HASH_KEY: &str = "digitlab.config_hash";
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The largest manifest.json read: about 200 bytes per file, so a million snapshots fit.
 const MAX_MANIFEST_BYTES: u64 = 1 << 28;
+
+/// A snapshot or checkpoint for [`RunDir::write_files`].
+pub enum NewFile<'a> {
+    /// Weights after `batch` batches, with the snapshot's metadata (see
+    /// [`RunDir::write_snapshot`]).
+    Snapshot {
+        batch: u64,
+        tensors: &'a [NamedTensor],
+        metadata: &'a BTreeMap<String, String>,
+    },
+    Checkpoint(&'a Checkpoint),
+}
 
 /// An open run directory: its root, its configuration and its manifest (kept in memory and
 /// rewritten on disk after every change).
@@ -204,10 +217,64 @@ impl RunDir {
         tensors: &[NamedTensor],
         metadata: &BTreeMap<String, String>,
     ) -> Result<FileEntry, RunError> {
-        let mut metadata = metadata.clone();
-        metadata.insert(CONFIG_HASH_KEY.into(), self.config_hash.clone());
-        let (compressed, raw_bytes, sha256) = compress_snapshot(tensors, &metadata)?;
-        self.write_compressed_snapshot(batch, &compressed, raw_bytes, sha256)
+        let file = NewFile::Snapshot {
+            batch,
+            tensors,
+            metadata,
+        };
+        Ok(self.write_files(&[file])?.remove(0))
+    }
+
+    /// Write several snapshots and checkpoints, each as [`RunDir::write_snapshot`] and
+    /// [`RunDir::write_checkpoint`] do, in order, then list them all with one rewrite of
+    /// `manifest.json`. A process killed in between leaves files the manifest does not list
+    /// yet, as a kill between one file and its entry would: readers go by the manifest, and
+    /// the next writer replaces them. One rewrite for many files matters when files come
+    /// fast: at d_model 16, snapshots every 50 batches are 160 files a second, and rewriting
+    /// and flushing a growing manifest after each took a fifth of a core.
+    pub fn write_files(&mut self, files: &[NewFile]) -> Result<Vec<FileEntry>, RunError> {
+        self.check_writable()?;
+        let (mut written, mut folders) = (Vec::with_capacity(files.len()), Vec::new());
+        for file in files {
+            let (rel, batch, tensors, mut metadata) = match file {
+                NewFile::Snapshot {
+                    batch,
+                    tensors,
+                    metadata,
+                } => (
+                    snapshot_file(*batch),
+                    *batch,
+                    std::borrow::Cow::Borrowed(*tensors),
+                    (*metadata).clone(),
+                ),
+                NewFile::Checkpoint(checkpoint) => {
+                    let (tensors, metadata) = checkpoint.to_file_tensors();
+                    let batch = checkpoint.batch;
+                    (checkpoint_file(batch), batch, tensors.into(), metadata)
+                }
+            };
+            metadata.insert(CONFIG_HASH_KEY.into(), self.config_hash.clone());
+            let (compressed, raw_bytes, sha256) = compress_snapshot(&tensors, &metadata)?;
+            let (entry, folder) = self.write_file(rel, batch, &compressed, raw_bytes, sha256)?;
+            if !folders.contains(&folder) {
+                folders.push(folder);
+            }
+            written.push((matches!(file, NewFile::Checkpoint(_)), entry));
+        }
+        // The renames reach the disk before the manifest lists them; each folder once.
+        for folder in folders {
+            sync_folder(&folder)?;
+        }
+        self.update_manifest(|m| {
+            for (checkpoint, entry) in &written {
+                if *checkpoint {
+                    m.upsert_checkpoint(entry.clone());
+                } else {
+                    m.upsert_snapshot(entry.clone());
+                }
+            }
+        })?;
+        Ok(written.into_iter().map(|(_, entry)| entry).collect())
     }
 
     /// Like [`RunDir::write_snapshot`], for bytes already produced by [`compress_snapshot`]
@@ -221,7 +288,9 @@ impl RunDir {
         sha256: String,
     ) -> Result<FileEntry, RunError> {
         self.check_writable()?;
-        let entry = self.write_file(snapshot_file(batch), batch, compressed, raw_bytes, sha256)?;
+        let (entry, folder) =
+            self.write_file(snapshot_file(batch), batch, compressed, raw_bytes, sha256)?;
+        sync_folder(&folder)?;
         self.update_manifest(|m| m.upsert_snapshot(entry.clone()))?;
         Ok(entry)
     }
@@ -247,20 +316,9 @@ impl RunDir {
     /// hash) atomically, then rewrite `manifest.json`. An existing entry of the same batch is
     /// replaced.
     pub fn write_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<FileEntry, RunError> {
-        self.check_writable()?;
-        let (tensors, mut metadata) = checkpoint.to_file_tensors();
-        metadata.insert(CONFIG_HASH_KEY.into(), self.config_hash.clone());
-        let (compressed, raw_bytes, sha256) = compress_snapshot(&tensors, &metadata)?;
-        let batch = checkpoint.batch;
-        let entry = self.write_file(
-            checkpoint_file(batch),
-            batch,
-            &compressed,
-            raw_bytes,
-            sha256,
-        )?;
-        self.update_manifest(|m| m.upsert_checkpoint(entry.clone()))?;
-        Ok(entry)
+        Ok(self
+            .write_files(&[NewFile::Checkpoint(checkpoint)])?
+            .remove(0))
     }
 
     /// Read a checkpoint listed in the manifest, verified like [`RunDir::read_snapshot`].
@@ -439,7 +497,9 @@ impl RunDir {
         }
     }
 
-    /// Write a compressed file at `rel` (relative to the root) atomically; its manifest entry.
+    /// Write a compressed file at `rel` (relative to the root) atomically, but for the flush
+    /// of its folder; its manifest entry and the folder, which the caller flushes before the
+    /// manifest lists the file.
     fn write_file(
         &self,
         rel: String,
@@ -447,15 +507,16 @@ impl RunDir {
         compressed: &[u8],
         raw_bytes: u64,
         sha256: String,
-    ) -> Result<FileEntry, RunError> {
-        write_atomic(&self.root.join(&rel), compressed)?;
-        Ok(FileEntry {
+    ) -> Result<(FileEntry, PathBuf), RunError> {
+        let folder = replace_file(&self.root.join(&rel), compressed)?;
+        let entry = FileEntry {
             batch,
             file: rel,
             raw_bytes,
             compressed_bytes: compressed.len() as u64,
             sha256,
-        })
+        };
+        Ok((entry, folder))
     }
 
     /// Apply `change` to a copy of the manifest, check it, write it atomically, and only then

@@ -301,3 +301,56 @@ fn analysis_files_go_into_the_analysis_folder() {
     crate::write_parquet_atomic(&path, &mut df).unwrap();
     assert_eq!(crate::read_parquet(&path).unwrap(), df);
 }
+
+/// Snapshots and a checkpoint written together: every file listed, in batch order, each
+/// reading back as written, the manifest on disk the same as in memory, and no temporary file
+/// left behind.
+#[test]
+fn write_files_lists_every_file_with_one_manifest() {
+    let (_dir, mut run) = new_run("write-files");
+    let (tensors, metadata) = sample();
+    let checkpoint = sample_checkpoint(100);
+    let files = [
+        crate::NewFile::Snapshot {
+            batch: 100,
+            tensors: &tensors,
+            metadata: &metadata,
+        },
+        crate::NewFile::Checkpoint(&checkpoint),
+        crate::NewFile::Snapshot {
+            batch: 50,
+            tensors: &tensors,
+            metadata: &metadata,
+        },
+    ];
+    let entries = run.write_files(&files).unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.batch).collect::<Vec<_>>(),
+        [100, 100, 50]
+    );
+
+    let reopened = RunDir::open(run.root()).unwrap();
+    assert_eq!(reopened.manifest(), run.manifest());
+    let snapshots = &reopened.manifest().snapshots;
+    assert_eq!(
+        snapshots.iter().map(|e| e.batch).collect::<Vec<_>>(),
+        [50, 100]
+    );
+    // Tensors come back sorted by name.
+    let mut sorted = tensors.clone();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for entry in snapshots {
+        assert_eq!(reopened.read_snapshot(entry).unwrap().tensors, sorted);
+    }
+    let listed = &reopened.manifest().checkpoints;
+    assert_eq!(listed.len(), 1);
+    let read = reopened.read_checkpoint(&listed[0]).unwrap();
+    assert_eq!(read.batch, 100);
+    assert_eq!(read.params, checkpoint.params);
+    let leftovers: Vec<_> = fs::read_dir(run.root().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
