@@ -13,7 +13,8 @@ const F32: f64 = 4.0;
 /// The program itself (code, candle, rayon, buffers glibc keeps): measured at about 30 MB.
 const PROGRAM_BYTES: f64 = 64.0 * MIB;
 /// Copies of every weight: the state, candle's copy for the forward pass, and the writer's
-/// copies of snapshots and checkpoints (up to four queued, one being encoded and compressed).
+/// copies of snapshots and checkpoints (up to four queued, one being encoded and compressed;
+/// more queued if they fit in `writer::QUEUE_BYTES`, counted on their own).
 const WEIGHT_COPIES: f64 = 9.0;
 /// Copies of every trained weight on top: its gradient (candle's and the optimizer's), the two
 /// AdamW moments, and the moments in the writer's queued and in-flight checkpoints.
@@ -63,7 +64,8 @@ impl MemoryNeed {
                 ("the program".into(), PROGRAM_BYTES),
                 (
                     "weights, AdamW moments and files being written".into(),
-                    F32 * (WEIGHT_COPIES * all + TRAINED_COPIES * trained),
+                    F32 * (WEIGHT_COPIES * all + TRAINED_COPIES * trained)
+                        + crate::writer::QUEUE_BYTES as f64,
                 ),
                 (
                     format!("activations of a batch of {} examples", cfg.batch_size),

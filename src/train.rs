@@ -388,7 +388,9 @@ pub fn train(
         ("format".to_string(), "digitlab-snapshot-v1".to_string()),
         ("digitlab_version".to_string(), cfg.digitlab_version.clone()),
     ]);
-    let mut writer = RunWriter::spawn(run, metadata, log);
+    // Weights and both moments, as if every tensor were trained.
+    let checkpoint_bytes = 3 * 4 * state.params.iter().map(|p| p.data.len()).sum::<usize>();
+    let mut writer = RunWriter::spawn(run, metadata, log, checkpoint_bytes);
     let mut rows = Vec::new();
     let bar = if progress {
         ProgressBar::new(cfg.steps)

@@ -47,8 +47,14 @@ pub struct RunWriter {
     handle: Option<JoinHandle<Result<RunDir>>>,
 }
 
-/// How many jobs may wait: enough to absorb a checkpoint, small enough to bound memory.
+/// How many jobs may wait at least: enough to absorb a checkpoint.
 const QUEUE: usize = 4;
+
+/// Bytes of tensors that may wait beyond [`QUEUE`] jobs. A full queue stops training until
+/// the writer takes a job, and the writer takes none while it writes a gathered batch of files
+/// (tens of milliseconds with their flushes): at d_model 16, with snapshots every 5 ms, four
+/// jobs stopped `train` about a tenth of the time. Counted in `resources::MemoryNeed`.
+pub const QUEUE_BYTES: usize = 16 << 20;
 
 /// How long the writer gathers jobs before writing them.
 const GATHER: Duration = Duration::from_millis(200);
@@ -58,9 +64,16 @@ const GATHER_BYTES: usize = 64 << 20;
 
 impl RunWriter {
     /// Starts the thread with the log so far; `metadata` goes into every snapshot (the batch is
-    /// added per file).
-    pub fn spawn(run: RunDir, metadata: BTreeMap<String, String>, log: TrainLog) -> RunWriter {
-        let (sender, receiver) = sync_channel::<WriteJob>(QUEUE);
+    /// added per file). `checkpoint_bytes`, the size of a checkpoint's tensors, sets how many
+    /// jobs may wait (see [`QUEUE_BYTES`]).
+    pub fn spawn(
+        run: RunDir,
+        metadata: BTreeMap<String, String>,
+        log: TrainLog,
+        checkpoint_bytes: usize,
+    ) -> RunWriter {
+        let queue = QUEUE.max(QUEUE_BYTES / checkpoint_bytes.max(1));
+        let (sender, receiver) = sync_channel::<WriteJob>(queue);
         let handle = std::thread::spawn(move || write_jobs(run, &metadata, log, &receiver));
         RunWriter {
             sender: Some(sender),
