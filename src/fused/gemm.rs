@@ -6,6 +6,7 @@
 //! [`super::kernel`]) and splits a product over rayon's pool only along output tiles, never along
 //! the summed dimension, so the bytes do not depend on the number of threads.
 
+#[cfg(target_arch = "x86_64")]
 mod small;
 
 use ::gemm::Parallelism;
@@ -158,6 +159,7 @@ pub fn matmul(dst: MatMut, a: Mat, b: Mat, scale: f32, accumulate: bool) {
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
     if small::applies(&dst, &a, &b) {
         return small::multiply(dst, a, b, scale, accumulate);
     }
