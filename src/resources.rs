@@ -19,8 +19,8 @@ const WEIGHT_COPIES: f64 = 9.0;
 /// Copies of every trained weight on top: its gradient (candle's and the optimizer's), the two
 /// AdamW moments, and the moments in the writer's queued and in-flight checkpoints.
 const TRAINED_COPIES: f64 = 18.0;
-/// Copies of the training log: the one being extended, up to four queued for the writer, the
-/// one being written with its data frame and its parquet bytes.
+/// Copies of the training log, generously: the writer's, rows queued for it (at most the log
+/// once more), the one being written with its data frame and its parquet bytes.
 const LOG_COPIES: f64 = 8.0;
 /// Bytes a log row takes besides its f32 values (the row and its two vectors).
 const LOG_ROW_OVERHEAD: f64 = 96.0;
