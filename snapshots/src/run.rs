@@ -20,8 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::atomic::is_temporary;
-use crate::atomic::{replace_file, sync_folder};
+use crate::atomic::{is_temporary, replace_file, sync_folder};
 use crate::compress::decompress_checked;
 use crate::lock::{RunLock, LOCK_FILE};
 use crate::manifest::{checkpoint_file, snapshot_file};
@@ -231,7 +230,8 @@ impl RunDir {
     /// yet, as a kill between one file and its entry would: readers go by the manifest, and
     /// the next writer replaces them. One rewrite for many files matters when files come
     /// fast: at d_model 16, snapshots every 50 batches are 160 files a second, and rewriting
-    /// and flushing a growing manifest after each took a fifth of a core.
+    /// and flushing a growing manifest (and the folder) after each one made `train` a tenth
+    /// slower (6,370 against 7,100 steps/s).
     pub fn write_files(&mut self, files: &[NewFile]) -> Result<Vec<FileEntry>, RunError> {
         self.check_writable()?;
         let (mut written, mut folders) = (Vec::with_capacity(files.len()), Vec::new());
