@@ -34,19 +34,19 @@ pub fn run_with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -
 
 /// Threads by the size of a step (measured with `cargo bench --workspace --bench
 /// train_speed`). A second thread pays off where the products are large: 1.4x at d_model 512
-/// and batch 128, 1.6x for full-batch modular addition's 3,831 rows at d_model 128. It also
-/// pays off where the step is so small that generating the next batch, which the training
-/// loop does on another thread with the weights' gradients, is a large part of it: 1.2x to
-/// 1.4x at d_model 16 (the step's own loops stay on one thread there, see
-/// `fused::buffers::rows_per_task`). In between, at
-/// d_model 128, one thread is as fast. The measure is the multiply-adds of the MLP's first
-/// product, `rows * d_model * d_mlp`, with `rows` the query rows of a batch.
+/// and batch 128, 1.6x for full-batch modular addition's 3,831 rows at d_model 128. Below
+/// that one thread is as fast or faster: at d_model 128 as fast; at d_model 16, since its
+/// products run through their own kernel, a step is so short that handing the next batch and
+/// the weights' gradients to another thread costs what it saves (one thread 11,000 steps/s,
+/// two 9,200, medians of 6 alternating rounds), and `train` leaves the other core to its
+/// writer. The measure is the multiply-adds of the MLP's first product, `rows * d_model *
+/// d_mlp`, with `rows` the query rows of a batch.
 pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {
     let rows = cfg.batch_size.saturating_mul(cfg.task.targets.len());
     let mlp = rows
         .saturating_mul(cfg.model.d_model)
         .saturating_mul(cfg.model.d_mlp);
-    if mlp >= 1 << 25 || mlp <= 1 << 20 {
+    if mlp >= 1 << 25 {
         2
     } else {
         1
