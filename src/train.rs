@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, RunDir, TrainLog};
+use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, NewFile, RunDir, TrainLog};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{Perturbation, TrainConfig};
@@ -17,7 +17,7 @@ use crate::output_stats::output_stats;
 use crate::resources::MemoryNeed;
 use crate::step::{eval_loss, loss_and_grads, StepResult};
 use crate::task::{training_batch, Batch};
-use crate::writer::{RunFile, RunWriter, WriteJob};
+use crate::writer::{RunWriter, WriteJob};
 
 /// Weights and optimizer state after `batch` steps.
 #[derive(Clone, Debug, PartialEq)]
@@ -383,14 +383,17 @@ pub fn train(
     log: TrainLog,
     progress: bool,
 ) -> Result<()> {
-    // The run directory adds the config hash to every snapshot.
-    let metadata = BTreeMap::from([
-        ("format".to_string(), "digitlab-snapshot-v1".to_string()),
-        ("digitlab_version".to_string(), cfg.digitlab_version.clone()),
-    ]);
+    // Every snapshot's metadata, with its batch; the run directory adds the config hash.
+    let snapshot_metadata = |batch: u64| {
+        BTreeMap::from([
+            ("format".to_string(), "digitlab-snapshot-v1".to_string()),
+            ("digitlab_version".to_string(), cfg.digitlab_version.clone()),
+            ("batch".to_string(), batch.to_string()),
+        ])
+    };
     // Weights and both moments, as if every tensor were trained.
     let checkpoint_bytes = 3 * 4 * state.params.iter().map(|p| p.data.len()).sum::<usize>();
-    let mut writer = RunWriter::spawn(run, metadata, log, checkpoint_bytes);
+    let mut writer = RunWriter::spawn(run, log, checkpoint_bytes);
     let mut rows = Vec::new();
     let bar = if progress {
         ProgressBar::new(cfg.steps)
@@ -413,13 +416,14 @@ pub fn train(
             writer.send(WriteJob::LogRows(std::mem::take(&mut rows)))?;
         }
         if snapshot {
-            writer.send(WriteJob::File(RunFile::Snapshot {
+            writer.send(WriteJob::File(NewFile::Snapshot {
                 batch: b,
                 tensors: state.params.clone(),
+                metadata: snapshot_metadata(b),
             }))?;
         }
         if checkpoint {
-            writer.send(WriteJob::File(RunFile::Checkpoint(
+            writer.send(WriteJob::File(NewFile::Checkpoint(
                 state.to_checkpoint(cfg),
             )))?;
         }

@@ -17,28 +17,18 @@
 //! resumes or is analysed with what was written, as always), and the main thread never
 //! copies the log.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, NewFile, RunDir, TrainLog};
+use digitlab_snapshots::{LogRow, NewFile, RunDir, TrainLog};
 
 /// Something to put in the run directory.
 pub enum WriteJob {
     /// Rows to add to the log, which is written before any later file.
     LogRows(Vec<LogRow>),
-    File(RunFile),
-}
-
-/// A file of weights the manifest lists.
-pub enum RunFile {
-    Snapshot {
-        batch: u64,
-        tensors: Vec<NamedTensor>,
-    },
-    Checkpoint(Checkpoint),
+    File(NewFile),
 }
 
 /// The handle of the writer thread.
@@ -63,18 +53,12 @@ const GATHER: Duration = Duration::from_millis(200);
 const GATHER_BYTES: usize = 64 << 20;
 
 impl RunWriter {
-    /// Starts the thread with the log so far; `metadata` goes into every snapshot (the batch is
-    /// added per file). `checkpoint_bytes`, the size of a checkpoint's tensors, sets how many
-    /// jobs may wait (see [`QUEUE_BYTES`]).
-    pub fn spawn(
-        run: RunDir,
-        metadata: BTreeMap<String, String>,
-        log: TrainLog,
-        checkpoint_bytes: usize,
-    ) -> RunWriter {
+    /// Starts the thread with the log so far. `checkpoint_bytes`, the size of a checkpoint's
+    /// tensors, sets how many jobs may wait (see [`QUEUE_BYTES`]).
+    pub fn spawn(run: RunDir, log: TrainLog, checkpoint_bytes: usize) -> RunWriter {
         let queue = QUEUE.max(QUEUE_BYTES / checkpoint_bytes.max(1));
         let (sender, receiver) = sync_channel::<WriteJob>(queue);
-        let handle = std::thread::spawn(move || write_jobs(run, &metadata, log, &receiver));
+        let handle = std::thread::spawn(move || write_jobs(run, log, &receiver));
         RunWriter {
             sender: Some(sender),
             handle: Some(handle),
@@ -116,12 +100,7 @@ impl RunWriter {
 
 /// The writer thread: jobs gathered as the module comment says, until the sender is dropped;
 /// the log is written last if rows came after the last file.
-fn write_jobs(
-    mut run: RunDir,
-    metadata: &BTreeMap<String, String>,
-    mut log: TrainLog,
-    receiver: &Receiver<WriteJob>,
-) -> Result<RunDir> {
+fn write_jobs(mut run: RunDir, mut log: TrainLog, receiver: &Receiver<WriteJob>) -> Result<RunDir> {
     // The log as given (empty for a new run, cut at the checkpoint on resume) goes to disk
     // before the first file.
     let mut unwritten_rows = true;
@@ -152,46 +131,10 @@ fn write_jobs(
             run.write_train_log(&log)?;
             unwritten_rows = false;
         }
-        // Each snapshot's metadata (checkpoints carry their own).
-        let snapshot_metadata: Vec<BTreeMap<String, String>> = files
-            .iter()
-            .map(|file| match file {
-                RunFile::Snapshot { batch, .. } => {
-                    let mut meta = metadata.clone();
-                    meta.insert("batch".into(), batch.to_string());
-                    meta
-                }
-                RunFile::Checkpoint(_) => BTreeMap::new(),
-            })
-            .collect();
-        let new_files: Vec<NewFile> = files
-            .iter()
-            .zip(&snapshot_metadata)
-            .map(|(file, metadata)| match file {
-                RunFile::Snapshot { batch, tensors } => NewFile::Snapshot {
-                    batch: *batch,
-                    tensors,
-                    metadata,
-                },
-                RunFile::Checkpoint(checkpoint) => NewFile::Checkpoint(checkpoint),
-            })
-            .collect();
-        run.write_files(&new_files)?;
+        run.write_files(files)?;
     }
     if unwritten_rows {
         run.write_train_log(&log)?;
     }
     Ok(run)
-}
-
-impl RunFile {
-    /// Bytes of the tensors the file holds.
-    fn tensor_bytes(&self) -> usize {
-        let floats =
-            |tensors: &[NamedTensor]| -> usize { tensors.iter().map(|t| t.data.len()).sum() };
-        4 * match self {
-            RunFile::Snapshot { tensors, .. } => floats(tensors),
-            RunFile::Checkpoint(c) => floats(&c.params) + floats(&c.adam_m) + floats(&c.adam_v),
-        }
-    }
 }

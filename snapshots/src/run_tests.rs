@@ -310,20 +310,17 @@ fn write_files_lists_every_file_with_one_manifest() {
     let (_dir, mut run) = new_run("write-files");
     let (tensors, metadata) = sample();
     let checkpoint = sample_checkpoint(100);
-    let files = [
-        crate::NewFile::Snapshot {
-            batch: 100,
-            tensors: &tensors,
-            metadata: &metadata,
-        },
-        crate::NewFile::Checkpoint(&checkpoint),
-        crate::NewFile::Snapshot {
-            batch: 50,
-            tensors: &tensors,
-            metadata: &metadata,
-        },
+    let snapshot = |batch| crate::NewFile::Snapshot {
+        batch,
+        tensors: tensors.clone(),
+        metadata: metadata.clone(),
+    };
+    let files = vec![
+        snapshot(100),
+        crate::NewFile::Checkpoint(checkpoint.clone()),
+        snapshot(50),
     ];
-    let entries = run.write_files(&files).unwrap();
+    let entries = run.write_files(files).unwrap();
     assert_eq!(
         entries.iter().map(|e| e.batch).collect::<Vec<_>>(),
         [100, 100, 50]

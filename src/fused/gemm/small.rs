@@ -23,7 +23,6 @@
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
 use super::{Mat, MatMut};
 use crate::fused::aligned::Floats;
@@ -58,8 +57,7 @@ thread_local! {
 
 /// Whether this CPU has AVX-512 (and FMA, which `gemm`'s chains use).
 fn has_avx512() -> bool {
-    static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| Simd::of_this_cpu() == Simd::Avx512)
+    Simd::of_this_cpu() == Simd::Avx512
 }
 
 /// Whether [`multiply`] computes `dst = a @ b` with `gemm`'s bits and is faster for it.
