@@ -105,8 +105,8 @@ struct Args {
     /// Write an optimizer checkpoint every N batches [default: 10 * --snapshot-every].
     #[arg(long)]
     checkpoint_every: Option<u64>,
-    /// Threads for the training step [default: 2 for small steps (d_model 32 and below at batch
-    /// 128) and large ones (d_model 256 and up, full-batch modular addition), else 1].
+    /// Threads for the training step [default: 2 for large steps (d_model 256 and up at batch
+    /// 128, full-batch modular addition), else 1].
     #[arg(long)]
     threads: Option<usize>,
     /// Test-only: scale a parameter group at a batch, GROUP@BATCH*FACTOR.

@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 use support::*;
 
 /// Small runs: d_model 16, a few hundred batches, snapshots every 50, checkpoints every 100.
+/// A grid of d_model-16 runs with a snapshot every `steps / 12` batches and a checkpoint every
+/// `steps / 6`.
 fn grid_text(steps: u64, seeds: &str, extra_axis: &str) -> String {
+    let (snapshot_every, checkpoint_every) = (steps / 12, steps / 6);
     format!(
         "analyses = [\"loss\", \"phases\"]\n[fixed]\nd_model = 16\nn_heads = 2\nsteps = {steps}\n\
-         snapshot_every = 50\ncheckpoint_every = 100\n[axes]\nseed = {seeds}\n{extra_axis}"
+         snapshot_every = {snapshot_every}\ncheckpoint_every = {checkpoint_every}\n[axes]\n\
+         seed = {seeds}\n{extra_axis}"
     )
 }
 
@@ -55,7 +59,7 @@ fn a_failing_point_does_not_stop_the_others_and_the_exit_status_says_which() {
     let grid = write_grid(
         &dir.join("g.toml"),
         &grid_text(
-            200,
+            240,
             "[0, 1]",
             "blowup = [{ grad_clip = 1.0 }, { perturb = \"blocks.0.mlp.W_in@5*3e38\" }]\n",
         ),
@@ -66,7 +70,7 @@ fn a_failing_point_does_not_stop_the_others_and_the_exit_status_says_which() {
     assert!(plan.status.success(), "{}", stderr(&plan));
     let plan_text = String::from_utf8_lossy(&plan.stdout);
     assert!(
-        plan_text.contains("perturb=blocks.0.mlp.W_in@5*3e38,seed=1,checkpoint_every=100,"),
+        plan_text.contains("perturb=blocks.0.mlp.W_in@5*3e38,seed=1,checkpoint_every=40,"),
         "{plan_text}"
     );
     assert!(!out_dir.exists(), "plan must not create the folder");
@@ -100,7 +104,7 @@ fn a_failing_point_does_not_stop_the_others_and_the_exit_status_says_which() {
             assert_eq!(state, "done", "{name}");
             let manifest = std::fs::read(out_dir.join(name).join("manifest.json")).unwrap();
             let manifest: digitlab_snapshots::Manifest = serde_json::from_slice(&manifest).unwrap();
-            assert_eq!(manifest.snapshots.last().unwrap().batch, 200);
+            assert_eq!(manifest.snapshots.last().unwrap().batch, 240);
             assert!(out_dir.join(name).join("analysis/phases.parquet").is_file());
         }
     }
@@ -114,7 +118,10 @@ fn a_failing_point_does_not_stop_the_others_and_the_exit_status_says_which() {
 #[test]
 fn killed_or_interrupted_sweeps_resume_to_the_bytes_of_an_uninterrupted_one() {
     let dir = scratch("resume");
-    let grid = write_grid(&dir.join("g.toml"), &grid_text(600, "[0, 1]", ""));
+    // A d_model-16 run in the test build trains some 2,500 batches a second, and its writer
+    // gathers files for up to 200 ms: 6,000 batches leave seconds between the first snapshot
+    // seen and the run's end, so the signal lands in training.
+    let grid = write_grid(&dir.join("g.toml"), &grid_text(6000, "[0, 1]", ""));
     let g = grid.to_str().unwrap();
     let whole = dir.join("whole");
     let out = run_sweep(&["run", g, "--out", whole.to_str().unwrap(), "-j", "2"]);
@@ -133,7 +140,7 @@ fn killed_or_interrupted_sweeps_resume_to_the_bytes_of_an_uninterrupted_one() {
             .args(["run", g, "--out", f, "-j", "2"])
             .spawn()
             .unwrap();
-        wait_for_batch(&folder, 200, &mut child);
+        wait_for_batch(&folder, 500, &mut child);
         // Signal the sweep alone (not its process group): it must take its children down.
         unsafe { libc::kill(child.id() as i32, signal) };
         let status = child.wait().unwrap();
@@ -180,7 +187,7 @@ fn killed_or_interrupted_sweeps_resume_to_the_bytes_of_an_uninterrupted_one() {
 #[test]
 fn two_sweeps_on_one_folder_train_every_point_once() {
     let dir = scratch("concurrent");
-    let grid = write_grid(&dir.join("g.toml"), &grid_text(200, "\"0..4\"", ""));
+    let grid = write_grid(&dir.join("g.toml"), &grid_text(240, "\"0..4\"", ""));
     let g = grid.to_str().unwrap();
     let folder = dir.join("out");
     let f = folder.to_str().unwrap();
