@@ -240,22 +240,37 @@ unsafe fn gemm_into(
 }
 
 /// `dst = product^T` (or `+=` when `accumulate`), `product` column-major `[rows, cols]`, in
-/// blocks of 16 rows, in parallel, so that each cache line of `product` is read once.
+/// blocks of 16 rows, in parallel, each through 16 x 16 tiles so that every cache line of
+/// `product` and of `dst` is touched once per tile. Writing `dst` a float at a time down its
+/// columns had cost 6% of a d_model 512 step: the 16 rows of a block lie a row stride apart
+/// (2 KiB at d_model 512), in the same few sets of the L1 cache.
 fn add_transposed(dst: MatMut, product: &[f32], accumulate: bool) {
-    const BLOCK: usize = 16;
+    const TILE: usize = 16;
     let (rows, cols, stride) = (dst.rows, dst.cols, dst.row_stride);
     // The view's floats only: a view of some columns reaches on to the end of its buffer.
     dst.data[..(rows - 1) * stride + cols]
-        .par_chunks_mut(BLOCK * stride)
+        .par_chunks_mut(TILE * stride)
         .enumerate()
         .for_each(|(block, out)| {
-            let first = block * BLOCK;
-            let n = BLOCK.min(rows - first);
-            for j in 0..cols {
-                let column = &product[j * rows + first..][..n];
-                for (i, &x) in column.iter().enumerate() {
-                    let out = &mut out[i * stride + j];
-                    *out = if accumulate { *out + x } else { x };
+            let first = block * TILE;
+            let n = TILE.min(rows - first);
+            let mut tile = [[0f32; TILE]; TILE];
+            for j0 in (0..cols).step_by(TILE) {
+                let width = TILE.min(cols - j0);
+                for (jj, column) in product[j0 * rows..].chunks(rows).take(width).enumerate() {
+                    for (i, &x) in column[first..][..n].iter().enumerate() {
+                        tile[i][jj] = x;
+                    }
+                }
+                for (i, row) in tile[..n].iter().enumerate() {
+                    let out = &mut out[i * stride + j0..][..width];
+                    if accumulate {
+                        for (o, &x) in out.iter_mut().zip(row) {
+                            *o += x;
+                        }
+                    } else {
+                        out.copy_from_slice(&row[..width]);
+                    }
                 }
             }
         });
@@ -269,7 +284,7 @@ mod tests {
     /// columns of a wider matrix, assigned and accumulated, against plain f64 loops.
     #[test]
     fn large_transposed_weights_match_plain_loops() {
-        let (m, k, n) = (19, 1024, 512);
+        let (m, k, n) = (19, 1024, 515);
         assert!(k * n >= TRANSPOSED_WEIGHT);
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         // The weight stored as [n, k], read as [k, n].
