@@ -5,6 +5,7 @@
 //! `train` binary is a thin command line over it.
 
 pub mod allocator;
+mod batches;
 pub mod config;
 mod exp;
 pub mod fused;

@@ -10,13 +10,13 @@ use anyhow::{bail, Context, Result};
 use digitlab_snapshots::{Checkpoint, LogRow, NamedTensor, NewFile, RunDir, TrainLog};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::batches::BatchesAhead;
 use crate::config::{Perturbation, TrainConfig};
 use crate::fused::{CachedStep, StepKind};
 use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::output_stats;
 use crate::resources::MemoryNeed;
 use crate::step::{eval_loss, loss_and_grads, StepResult};
-use crate::task::{training_batch, Batch};
 use crate::writer::{RunWriter, WriteJob};
 
 /// Weights and optimizer state after `batch` steps.
@@ -29,47 +29,8 @@ pub struct TrainState {
     pub adam: AdamW,
     /// Which of `params` are trained, from `param_specs` once rather than at every step.
     trained: Vec<bool>,
-    /// The next training batch, generated on another thread during the last fused step.
-    ahead: BatchAhead,
-}
-
-/// A training batch generated ahead, with the seed, batch size and index it was generated
-/// for. Not part of the state: clones start without one and comparisons ignore it (a batch is
-/// a pure function of those and the task, so having one changes no result).
-#[derive(Default)]
-struct BatchAhead(Option<((u64, usize, u64), Batch)>);
-
-impl BatchAhead {
-    /// Batch `index` of `cfg`: the one generated ahead if it is that one, else generated now.
-    fn take(&mut self, cfg: &TrainConfig, index: u64) -> Batch {
-        match self.0.take() {
-            Some((key, batch)) if key == (cfg.seed, cfg.batch_size, index) => batch,
-            _ => training_batch(&cfg.task, cfg.seed, index, cfg.batch_size),
-        }
-    }
-
-    /// Keeps batch `index` of `cfg`.
-    fn keep(&mut self, cfg: &TrainConfig, index: u64, batch: Batch) {
-        self.0 = Some(((cfg.seed, cfg.batch_size, index), batch));
-    }
-}
-
-impl Clone for BatchAhead {
-    fn clone(&self) -> BatchAhead {
-        BatchAhead(None)
-    }
-}
-
-impl PartialEq for BatchAhead {
-    fn eq(&self, _: &BatchAhead) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for BatchAhead {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("BatchAhead")
-    }
+    /// The training batches, made ahead on another thread.
+    batches: BatchesAhead,
 }
 
 impl TrainState {
@@ -82,7 +43,7 @@ impl TrainState {
             params,
             adam: AdamW::new(&sizes),
             trained: trained_mask(cfg),
-            ahead: BatchAhead::default(),
+            batches: BatchesAhead::default(),
         }
     }
 
@@ -126,7 +87,7 @@ impl TrainState {
                 step: checkpoint.batch,
             },
             trained: trained_mask(cfg),
-            ahead: BatchAhead::default(),
+            batches: BatchesAhead::default(),
         })
     }
 
@@ -155,15 +116,9 @@ impl TrainState {
     pub fn step(&mut self, cfg: &TrainConfig) -> Result<LogRow> {
         if cfg.training_kernel().step == StepKind::Fused {
             // The fused step's buffers are read in place: no gradient is copied or allocated.
-            // The next batch is generated meanwhile, on another thread if the pool has one.
-            let index = self.batch;
-            let batch = self.ahead.take(cfg, index);
+            let batch = self.batches.take(cfg, self.batch);
             let mut fused = CachedStep::take(cfg, batch.examples)?;
-            let (result, next) = rayon::join(
-                || fused.run(&self.params, &batch),
-                || training_batch(&cfg.task, cfg.seed, index + 1, cfg.batch_size),
-            );
-            self.ahead.keep(cfg, index + 1, next);
+            let result = fused.run(&self.params, &batch);
             return self.apply_step(cfg, result);
         }
         Ok(self.step_with_grads(cfg)?.0)
@@ -171,7 +126,7 @@ impl TrainState {
 
     /// [`TrainState::step`], also returning the raw gradients of the trained tensors.
     pub fn step_with_grads(&mut self, cfg: &TrainConfig) -> Result<(LogRow, Vec<Vec<f32>>)> {
-        let batch = training_batch(&cfg.task, cfg.seed, self.batch, cfg.batch_size);
+        let batch = self.batches.take(cfg, self.batch);
         let result = loss_and_grads(cfg, &self.params, &batch)?;
         let row = self.apply_step(cfg, &result)?;
         Ok((row, result.grads))
