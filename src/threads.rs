@@ -36,10 +36,10 @@ pub fn run_with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -
 /// train_speed`). A second thread pays off where the products are large: 1.4x at d_model 512
 /// and batch 128, 1.6x for full-batch modular addition's 3,831 rows at d_model 128. Below
 /// that one thread is as fast or faster: at d_model 128 as fast; at d_model 16, since its
-/// products run through their own kernel, a step is so short that handing the next batch and
-/// the weights' gradients to another thread costs what it saves (one thread 11,000 steps/s,
-/// two 9,200, medians of 6 alternating rounds), and `train` leaves the other core to its
-/// writer. The measure is the multiply-adds of the MLP's first product, `rows * d_model *
+/// products run through their own kernel, a step is so short that handing the weights'
+/// gradients to another thread costs what it saves (one thread 11,000 steps/s, two 9,200,
+/// medians of 6 alternating rounds), and the other core is left to the threads that make
+/// batches and write the run. The measure is the multiply-adds of the MLP's first product, `rows * d_model *
 /// d_mlp`, with `rows` the query rows of a batch.
 pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {
     let rows = cfg.batch_size.saturating_mul(cfg.task.targets.len());

@@ -8,8 +8,7 @@ use crate::step::StepResult;
 
 /// Floats a parallel task of the step's row loops works on at least: about 10 µs of
 /// element-wise work, so that a task outweighs handing it to another thread (a few µs), and a
-/// small step (d_model 16: 128 rows of 16) runs its loops on one thread, leaving the other to
-/// generate the next batch.
+/// small step (d_model 16: 128 rows of 16) runs its loops on one thread.
 const TASK_FLOATS: usize = 1 << 14;
 
 /// The least rows of a parallel task for a loop over rows that each work on about `floats`
