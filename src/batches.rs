@@ -144,7 +144,12 @@ mod tests {
         }
         cfg.seed += 1;
         for i in 3..6 {
-            assert_eq!(ahead.take(&cfg, i), direct(&cfg, i), "seed {}, batch {i}", cfg.seed);
+            assert_eq!(
+                ahead.take(&cfg, i),
+                direct(&cfg, i),
+                "seed {}, batch {i}",
+                cfg.seed
+            );
         }
     }
 }
