@@ -12,7 +12,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
 use crate::config::TrainConfig;
-use crate::task::{training_batch, Batch, TaskConfig};
+use crate::task::{training_batch, Batch, Pair, TaskConfig};
 
 /// Batches per chunk at most, and the bytes of tokens a chunk may hold: a chunk of full-batch
 /// modular addition (thousands of rows) is one batch.
@@ -59,11 +59,28 @@ impl BatchesAhead {
     }
 }
 
+/// Bytes of one batch: tokens, targets and operands.
+fn batch_bytes(task: &TaskConfig, batch_size: usize) -> usize {
+    let per_example = (task.n_ctx() + task.targets.len()) * 4 + std::mem::size_of::<Pair>();
+    batch_size.saturating_mul(per_example)
+}
+
+/// Batches per chunk: [`CHUNK_BATCHES`], fewer where they would pass [`CHUNK_BYTES`].
+fn per_chunk(task: &TaskConfig, batch_size: usize) -> usize {
+    (CHUNK_BYTES / batch_bytes(task, batch_size).max(1)).clamp(1, CHUNK_BATCHES)
+}
+
+/// Bytes the batches made ahead hold at most: a chunk waiting in the channel, one being made
+/// and one being taken (counted in `resources::MemoryNeed`).
+pub fn bytes_ahead(cfg: &TrainConfig) -> f64 {
+    let chunk = per_chunk(&cfg.task, cfg.batch_size) * batch_bytes(&cfg.task, cfg.batch_size);
+    3.0 * chunk as f64
+}
+
 impl Maker {
     fn start(key: (TaskConfig, u64, usize), first: u64) -> Maker {
         let (task, seed, batch_size) = key.clone();
-        let batch_bytes = batch_size * (task.n_ctx() + task.targets.len()) * 4;
-        let per_chunk = (CHUNK_BYTES / batch_bytes.max(1)).clamp(1, CHUNK_BATCHES) as u64;
+        let per_chunk = per_chunk(&task, batch_size) as u64;
         // One chunk waits in the channel while the next is made.
         let (sender, chunks) = sync_channel(1);
         let thread = std::thread::Builder::new()

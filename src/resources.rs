@@ -72,6 +72,10 @@ impl MemoryNeed {
                     activation_bytes(cfg, trained),
                 ),
                 (
+                    "training batches made ahead".into(),
+                    crate::batches::bytes_ahead(cfg),
+                ),
+                (
                     format!("the training log of {} steps", cfg.steps),
                     LOG_COPIES * cfg.steps as f64 * log_row,
                 ),
