@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use crate::config::TrainConfig;
 use crate::task::{training_batch, Batch, Pair, TaskConfig};
 
-/// Batches per chunk at most, and the bytes of tokens a chunk may hold: a chunk of full-batch
-/// modular addition (thousands of rows) is one batch.
+/// Batches per chunk at most, and the bytes a chunk may hold: a chunk of full-batch modular
+/// addition (thousands of rows) is one batch.
 const CHUNK_BATCHES: usize = 8;
 const CHUNK_BYTES: usize = 256 << 10;
 
@@ -26,7 +26,9 @@ pub struct BatchesAhead(Option<Maker>);
 
 /// A thread making the batches of one task, seed and batch size from `next` on.
 struct Maker {
-    key: (TaskConfig, u64, usize),
+    task: TaskConfig,
+    seed: u64,
+    batch_size: usize,
     /// The index of the next batch [`BatchesAhead::take`] hands out.
     next: u64,
     ready: VecDeque<Batch>,
@@ -38,11 +40,10 @@ impl BatchesAhead {
     /// Batch `index` of `cfg`'s run. Taking the batches of a run in order finds each made;
     /// any other index starts the maker again from there.
     pub fn take(&mut self, cfg: &TrainConfig, index: u64) -> Batch {
-        let key = (cfg.task.clone(), cfg.seed, cfg.batch_size);
-        if !matches!(&self.0, Some(maker) if maker.key == key && maker.next == index) {
+        if !matches!(&self.0, Some(maker) if maker.serves(cfg, index)) {
             // The old maker (if any) is dropped first, so that two never run at once.
             self.0 = None;
-            self.0 = Some(Maker::start(key, index));
+            self.0 = Some(Maker::start(cfg, index));
         }
         let maker = self.0.as_mut().expect("started just above");
         maker.next += 1;
@@ -78,16 +79,16 @@ pub fn bytes_ahead(cfg: &TrainConfig) -> f64 {
 }
 
 impl Maker {
-    fn start(key: (TaskConfig, u64, usize), first: u64) -> Maker {
-        let (task, seed, batch_size) = key.clone();
-        let per_chunk = per_chunk(&task, batch_size) as u64;
+    fn start(cfg: &TrainConfig, first: u64) -> Maker {
+        let (task, seed, batch_size) = (cfg.task.clone(), cfg.seed, cfg.batch_size);
+        let per_chunk = per_chunk(&task, batch_size);
         // One chunk waits in the channel while the next is made.
         let (sender, chunks) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("digitlab-batches".into())
             .spawn(move || {
-                for start in (first..).step_by(per_chunk as usize) {
-                    let chunk = (start..start + per_chunk)
+                for start in (first..).step_by(per_chunk) {
+                    let chunk = (start..start + per_chunk as u64)
                         .map(|index| training_batch(&task, seed, index, batch_size))
                         .collect();
                     if sender.send(chunk).is_err() {
@@ -101,12 +102,24 @@ impl Maker {
             Err(_) => (None, None),
         };
         Maker {
-            key,
+            task: cfg.task.clone(),
+            seed,
+            batch_size,
             next: first,
             ready: VecDeque::new(),
             chunks,
             thread,
         }
+    }
+}
+
+impl Maker {
+    /// Whether batch `index` of `cfg`'s run is the next this maker hands out.
+    fn serves(&self, cfg: &TrainConfig, index: u64) -> bool {
+        self.next == index
+            && self.seed == cfg.seed
+            && self.batch_size == cfg.batch_size
+            && self.task == cfg.task
     }
 }
 

@@ -39,8 +39,8 @@ pub fn run_with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -
 /// products run through their own kernel, a step is so short that handing the weights'
 /// gradients to another thread costs what it saves (one thread 11,000 steps/s, two 9,200,
 /// medians of 6 alternating rounds), and the other core is left to the threads that make
-/// batches and write the run. The measure is the multiply-adds of the MLP's first product, `rows * d_model *
-/// d_mlp`, with `rows` the query rows of a batch.
+/// batches and write the run. The measure is the multiply-adds of the MLP's first product,
+/// `rows * d_model * d_mlp`, with `rows` the query rows of a batch.
 pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {
     let rows = cfg.batch_size.saturating_mul(cfg.task.targets.len());
     let mlp = rows

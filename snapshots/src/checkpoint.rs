@@ -29,19 +29,19 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The tensors (names prefixed) and metadata of the checkpoint file.
-    pub(crate) fn to_file_tensors(&self) -> (Vec<NamedTensor>, BTreeMap<String, String>) {
-        let prefixed = |prefix: &str, list: &[NamedTensor]| {
-            list.iter()
-                .map(|t| NamedTensor {
-                    name: format!("{prefix}{}", t.name),
-                    ..t.clone()
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut tensors = prefixed(PARAM, &self.params);
-        tensors.extend(prefixed(ADAM_M, &self.adam_m));
-        tensors.extend(prefixed(ADAM_V, &self.adam_v));
+    /// The tensors (names prefixed, data moved, not copied) and metadata of the checkpoint file.
+    pub(crate) fn into_file_tensors(self) -> (Vec<NamedTensor>, BTreeMap<String, String>) {
+        let mut tensors = Vec::new();
+        for (prefix, list) in [
+            (PARAM, self.params),
+            (ADAM_M, self.adam_m),
+            (ADAM_V, self.adam_v),
+        ] {
+            tensors.extend(list.into_iter().map(|t| NamedTensor {
+                name: format!("{prefix}{}", t.name),
+                ..t
+            }));
+        }
         let metadata = BTreeMap::from([
             ("batch".to_string(), self.batch.to_string()),
             ("kind".to_string(), KIND.to_string()),
@@ -49,7 +49,7 @@ impl Checkpoint {
         (tensors, metadata)
     }
 
-    /// Inverse of [`Checkpoint::to_file_tensors`]. `tensors` come sorted by name from
+    /// Inverse of [`Checkpoint::into_file_tensors`]. `tensors` come sorted by name from
     /// [`crate::decode_tensors`], so each list does too.
     /// The error is a plain description; the caller knows which file it was and wraps it.
     pub(crate) fn from_file_tensors(

@@ -249,26 +249,19 @@ impl RunDir {
         let (mut written, mut folders) = (Vec::with_capacity(files.len()), Vec::new());
         for file in files {
             let checkpoint = matches!(file, NewFile::Checkpoint(_));
-            let (rel, batch, (compressed, raw_bytes, sha256)) = match file {
+            let (rel, batch, tensors, metadata) = match file {
                 NewFile::Snapshot {
                     batch,
                     tensors,
                     metadata,
-                } => (
-                    snapshot_file(batch),
-                    batch,
-                    self.compress(&tensors, metadata)?,
-                ),
+                } => (snapshot_file(batch), batch, tensors, metadata),
                 NewFile::Checkpoint(checkpoint) => {
-                    let (tensors, metadata) = checkpoint.to_file_tensors();
                     let batch = checkpoint.batch;
-                    (
-                        checkpoint_file(batch),
-                        batch,
-                        self.compress(&tensors, metadata)?,
-                    )
+                    let (tensors, metadata) = checkpoint.into_file_tensors();
+                    (checkpoint_file(batch), batch, tensors, metadata)
                 }
             };
+            let (compressed, raw_bytes, sha256) = self.compress(&tensors, metadata)?;
             let (entry, folder) = self.write_file(rel, batch, &compressed, raw_bytes, sha256)?;
             if !folders.contains(&folder) {
                 folders.push(folder);
