@@ -31,13 +31,22 @@ pub struct RowStats {
 /// `terms[i] = exp(x_i - max)` with [`crate::exp`] and returns `(top, max, denom)`, `max =
 /// x_top` the row's first largest logit and `denom` the terms' float32 sum in order.
 pub fn softmax_terms(row: &[f32], terms: &mut [f32]) -> (usize, f32, f32) {
+    let (top, max) = shift_by_max(row, terms);
+    // Exponentials first, then their sum in order: the first loop vectorises.
+    terms.iter_mut().for_each(|e| *e = exp(*e));
+    (top, max, terms.iter().sum())
+}
+
+/// The first half of [`softmax_terms`], for callers that take the exponentials of many rows
+/// at once ([`crate::exp::exp_in_place`]): writes `shifted[i] = x_i - max` and returns `(top,
+/// max)`.
+pub fn shift_by_max(row: &[f32], shifted: &mut [f32]) -> (usize, f32) {
     let top = first_argmax(row);
     let max = row[top];
-    // Exponentials first, then their sum in order: the first loop vectorises.
-    for (e, &x) in terms.iter_mut().zip(row) {
-        *e = exp(x - max);
+    for (e, &x) in shifted.iter_mut().zip(row) {
+        *e = x - max;
     }
-    (top, max, terms.iter().sum())
+    (top, max)
 }
 
 /// A row's statistics from its [`softmax_terms`] (which a cross-entropy computes anyway):

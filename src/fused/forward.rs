@@ -8,8 +8,9 @@ use rayon::prelude::*;
 use super::buffers::{rows_per_task, Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
-use crate::exp::exp;
-use crate::output_stats::{combine, row_stats, softmax_terms};
+use crate::exp::{exp, exp_in_place};
+use crate::log_softmax::first_argmax;
+use crate::output_stats::{combine, row_stats, shift_by_max};
 
 /// Fills `buf` with the activations of `tokens` (`[batch, pos]`), the logits, the loss and the
 /// gradient of the loss with respect to the logits.
@@ -154,37 +155,58 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
 /// Softmax over the positions up to the query of `q . (token key + position key)`, then the
 /// attention mass per table row: a token row collects the mass of every position holding that
 /// token; positions after the query get none.
+///
+/// Rows go in blocks: every row of a block is shifted by its largest score, the block's
+/// exponentials are taken at once (rows of a dozen positions are too short for vectors, see
+/// [`exp_in_place`]), then each row is normalised and gathered into table rows.
 fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
     let (t, v, r, h) = (s.pos, s.d_vocab, s.table_rows(), s.n_heads);
+    let rows = rows_per_task(h * (r + 8 * t));
     buf.table_scores
-        .par_chunks_exact(h * r)
-        .zip(buf.table_weights.par_chunks_exact_mut(h * r))
-        .zip(buf.pattern.par_chunks_exact_mut(h * t))
+        .par_chunks(rows * h * r)
+        .zip(buf.table_weights.par_chunks_mut(rows * h * r))
+        .zip(buf.pattern.par_chunks_mut(rows * h * t))
         .enumerate()
-        .with_min_len(rows_per_task(h * (r + 8 * t)))
-        .for_each(|(row, ((scores, weights), pattern))| {
-            let (example, query) = s.query_of(row);
-            let tokens = &tokens[example * t..][..query + 1];
-            let heads = scores
-                .chunks_exact(r)
-                .zip(weights.chunks_exact_mut(r))
-                .zip(pattern.chunks_exact_mut(t));
-            for ((scores, weights), pattern) in heads {
-                let (token_scores, position_scores) = scores.split_at(v);
-                pattern[query + 1..].fill(0.0);
-                let pattern = &mut pattern[..query + 1];
-                let positions = pattern.iter_mut().zip(tokens).zip(position_scores);
-                for ((p, &token), &position_score) in positions {
-                    *p = token_scores[token as usize] + position_score;
+        .for_each(|(block, ((scores, weights), pattern))| {
+            let first_row = block * rows;
+            let block_rows = scores
+                .chunks_exact(h * r)
+                .zip(pattern.chunks_exact_mut(h * t));
+            for (i, (scores, pattern)) in block_rows.enumerate() {
+                let (example, query) = s.query_of(first_row + i);
+                let tokens = &tokens[example * t..][..query + 1];
+                for (scores, pattern) in scores.chunks_exact(r).zip(pattern.chunks_exact_mut(t)) {
+                    let (token_scores, position_scores) = scores.split_at(v);
+                    let (pattern, after_query) = pattern.split_at_mut(query + 1);
+                    // e^-inf is 0: no mass after the query.
+                    after_query.fill(f32::NEG_INFINITY);
+                    let positions = pattern.iter_mut().zip(tokens).zip(position_scores);
+                    for ((p, &token), &position_score) in positions {
+                        *p = token_scores[token as usize] + position_score;
+                    }
+                    subtract_max(pattern);
                 }
-                softmax_in_place(pattern);
-                let (token_weights, position_weights) = weights.split_at_mut(v);
-                token_weights.fill(0.0);
-                for (&p, &token) in pattern.iter().zip(tokens) {
-                    token_weights[token as usize] += p;
+            }
+            exp_in_place(pattern);
+            let block_rows = weights
+                .chunks_exact_mut(h * r)
+                .zip(pattern.chunks_exact_mut(h * t));
+            for (i, (weights, pattern)) in block_rows.enumerate() {
+                let (example, query) = s.query_of(first_row + i);
+                let tokens = &tokens[example * t..][..query + 1];
+                for (weights, pattern) in
+                    weights.chunks_exact_mut(r).zip(pattern.chunks_exact_mut(t))
+                {
+                    let pattern = &mut pattern[..query + 1];
+                    normalise(pattern);
+                    let (token_weights, position_weights) = weights.split_at_mut(v);
+                    token_weights.fill(0.0);
+                    for (&p, &token) in pattern.iter().zip(tokens) {
+                        token_weights[token as usize] += p;
+                    }
+                    position_weights[..query + 1].copy_from_slice(pattern);
+                    position_weights[query + 1..].fill(0.0);
                 }
-                position_weights[..query + 1].copy_from_slice(pattern);
-                position_weights[query + 1..].fill(0.0);
             }
         });
 }
@@ -230,14 +252,25 @@ fn attention_per_row(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
 
 /// Scores to their softmax, in place.
 fn softmax_in_place(scores: &mut [f32]) {
+    subtract_max(scores);
+    scores.iter_mut().for_each(|p| *p = exp(*p));
+    normalise(scores);
+}
+
+/// Subtracts the largest score from every score.
+fn subtract_max(scores: &mut [f32]) {
     // A compare rather than `f32::max`, whose NaN handling lengthens the loop's dependency
-    // chain; both skip NaN, and the sign of a zero maximum changes no `exp(x - max)`.
+    // chain; both skip NaN, and the sign of a zero maximum changes no `x - max`.
     let max = scores
         .iter()
         .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
-    scores.iter_mut().for_each(|p| *p = exp(*p - max));
-    let sum: f32 = scores.iter().sum();
-    scores.iter_mut().for_each(|p| *p /= sum);
+    scores.iter_mut().for_each(|p| *p -= max);
+}
+
+/// Exponentials to probabilities: each divided by their float32 sum, added in order.
+fn normalise(exps: &mut [f32]) {
+    let sum: f32 = exps.iter().sum();
+    exps.iter_mut().for_each(|p| *p /= sum);
 }
 
 /// `a . b`.
@@ -259,27 +292,42 @@ pub(super) fn head_row(
 
 /// Adds the unembedding bias `b_u` to the logits, then the mean cross-entropy of the logits
 /// over query rows, its gradient `(softmax - one_hot) / rows`, and the log's output statistics
-/// from the same exponentials. Rows run in parallel; their losses are added in row order.
+/// from the same exponentials. Blocks of rows run in parallel, each taking its rows'
+/// exponentials at once (as [`attention_pattern`] does); the losses are added in row order.
 fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
     let (o, b) = (s.d_vocab_out, s.rows() as f32);
+    let rows = rows_per_task(8 * o);
     let result = &mut buf.result;
     result
         .logits
-        .par_chunks_exact_mut(o)
-        .zip(buf.d_logits.par_chunks_exact_mut(o))
-        .zip(result.targets.par_iter())
-        .zip(buf.row_loss.par_iter_mut())
-        .zip(buf.row_stats.par_iter_mut())
-        .with_min_len(rows_per_task(8 * o))
-        .for_each(|((((logits, d_logits), &target), loss), stats)| {
-            logits.iter_mut().zip(b_u).for_each(|(x, b)| *x += b);
-            let logits = &*logits;
-            let (top, max, sum) = softmax_terms(logits, d_logits);
-            let target = target as usize;
-            *loss = f64::from(max + sum.ln() - logits[target]);
-            *stats = row_stats(d_logits, sum, max, top, target);
-            d_logits.iter_mut().for_each(|d| *d /= sum * b);
-            d_logits[target] -= 1.0 / b;
+        .par_chunks_mut(rows * o)
+        .zip(buf.d_logits.par_chunks_mut(rows * o))
+        .zip(result.targets.par_chunks(rows))
+        .zip(buf.row_loss.par_chunks_mut(rows))
+        .zip(buf.row_stats.par_chunks_mut(rows))
+        .for_each(|((((logits, d_logits), targets), losses), stats)| {
+            // The softmax's terms, `exp(x - max)`, in `d_logits` until it is the gradient.
+            for (logits, terms) in logits.chunks_exact_mut(o).zip(d_logits.chunks_exact_mut(o)) {
+                logits.iter_mut().zip(b_u).for_each(|(x, b)| *x += b);
+                shift_by_max(logits, terms);
+            }
+            exp_in_place(d_logits);
+            let block_rows = logits
+                .chunks_exact(o)
+                .zip(d_logits.chunks_exact_mut(o))
+                .zip(targets)
+                .zip(losses)
+                .zip(stats);
+            for ((((logits, d_logits), &target), loss), stats) in block_rows {
+                let top = first_argmax(logits);
+                let max = logits[top];
+                let sum: f32 = d_logits.iter().sum();
+                let target = target as usize;
+                *loss = f64::from(max + sum.ln() - logits[target]);
+                *stats = row_stats(d_logits, sum, max, top, target);
+                d_logits.iter_mut().for_each(|d| *d /= sum * b);
+                d_logits[target] -= 1.0 / b;
+            }
         });
     result.loss = (buf.row_loss.iter().sum::<f64>() / f64::from(b)) as f32;
     result.stats = Some(combine(
