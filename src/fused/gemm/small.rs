@@ -40,14 +40,10 @@ const MAX_DEPTH: usize = 512;
 /// a packed right operand are padded to.
 const WIDTH: usize = 16;
 
-/// Blocks of this many rows by four vectors (64 columns) while the columns last: sixteen
-/// chains of sums.
-const WIDE_ROWS: usize = 4;
+/// Blocks of four rows by four vectors (64 columns, sixteen chains of sums) while the
+/// columns last; the last columns in blocks of one to three vectors, with enough rows for eight
+/// to twelve chains, which keep both FMA units busy.
 const WIDE_VECTORS: usize = 4;
-
-/// Then blocks of this many rows by one vector: eight chains, enough to keep both FMA units
-/// busy.
-const NARROW_ROWS: usize = 8;
 
 thread_local! {
     /// The right operand with cache-aligned rows of a multiple of [`WIDTH`] floats, when it
@@ -94,9 +90,9 @@ pub(super) fn multiply(dst: MatMut, a: Mat, b: Mat, scale: f32, accumulate: bool
         // into outputs that are never stored.
         packed.set_len(depth * padded);
         if b.col_stride == 1 {
-            for (p, row) in packed.chunks_exact_mut(padded).enumerate() {
-                row[..cols].copy_from_slice(&b.data[p * b.row_stride..][..cols]);
-            }
+            // SAFETY: `applies` found AVX-512; the view's constructor checked its rows, and
+            // `packed` holds `depth` rows of `padded` floats.
+            unsafe { copy_rows(b.data, b.row_stride, packed, padded, depth, cols) };
         } else {
             // Element by element through pointers, the strides in locals: with bounds checks,
             // or with the strides read from the view after every store (which might have
@@ -130,7 +126,7 @@ unsafe fn all_blocks(
     scale: f32,
     accumulate: bool,
 ) {
-    let (rows, cols, depth) = (dst.rows, dst.cols, a.cols);
+    let (cols, depth) = (dst.cols, a.cols);
     assert!((depth - 1) * b_stride + cols.next_multiple_of(WIDTH) <= b.len());
     let mut out = Out {
         data: dst.data,
@@ -140,38 +136,42 @@ unsafe fn all_blocks(
     };
     let mut first_col = 0;
     while first_col < cols {
-        let wide = first_col + WIDE_VECTORS * WIDTH <= cols;
-        let width = if wide {
-            WIDE_VECTORS * WIDTH
-        } else {
-            WIDTH.min(cols - first_col)
-        };
-        let mut row = 0;
+        let width = (cols - first_col).min(WIDE_VECTORS * WIDTH);
         // SAFETY (every call): the rows are in `a` and `dst`, the columns in `b` (asserted).
-        if wide {
-            while row + WIDE_ROWS <= rows {
-                unsafe {
-                    block::<WIDE_ROWS, WIDE_VECTORS>(
-                        &mut out, a, b, b_stride, row, first_col, width,
-                    )
-                };
-                row += WIDE_ROWS;
-            }
-            for row in row..rows {
-                unsafe {
-                    block::<1, WIDE_VECTORS>(&mut out, a, b, b_stride, row, first_col, width)
-                };
-            }
-        } else {
-            while row + NARROW_ROWS <= rows {
-                unsafe { block::<NARROW_ROWS, 1>(&mut out, a, b, b_stride, row, first_col, width) };
-                row += NARROW_ROWS;
-            }
-            for row in row..rows {
-                unsafe { block::<1, 1>(&mut out, a, b, b_stride, row, first_col, width) };
+        unsafe {
+            match width.div_ceil(WIDTH) {
+                4 => blocks::<4, 4>(&mut out, a, b, b_stride, first_col, width),
+                3 => blocks::<4, 3>(&mut out, a, b, b_stride, first_col, width),
+                2 => blocks::<6, 2>(&mut out, a, b, b_stride, first_col, width),
+                _ => blocks::<8, 1>(&mut out, a, b, b_stride, first_col, width),
             }
         }
         first_col += width;
+    }
+}
+
+/// Columns `first_col..first_col + width` of every output row, in blocks of `ROWS` rows, the
+/// rows left over one at a time.
+///
+/// # Safety
+/// As for [`block`].
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn blocks<const ROWS: usize, const VECTORS: usize>(
+    out: &mut Out,
+    a: Mat,
+    b: &[f32],
+    b_stride: usize,
+    first_col: usize,
+    width: usize,
+) {
+    let mut row = 0;
+    while row + ROWS <= a.rows {
+        unsafe { block::<ROWS, VECTORS>(out, a, b, b_stride, row, first_col, width) };
+        row += ROWS;
+    }
+    for row in row..a.rows {
+        unsafe { block::<1, VECTORS>(out, a, b, b_stride, row, first_col, width) };
     }
 }
 
@@ -220,27 +220,63 @@ unsafe fn block<const ROWS: usize, const VECTORS: usize>(
     let scale = _mm512_set1_ps(out.scale);
     for (r, sums) in sums.iter().enumerate() {
         let row = &mut out.data[(first_row + r) * out.row_stride + first_col..][..width];
-        if width == VECTORS * WIDTH {
-            for (v, &sum) in sums.iter().enumerate() {
-                let y = unsafe { row.as_mut_ptr().add(v * WIDTH) };
-                let result = if out.accumulate {
-                    _mm512_fmadd_ps(scale, sum, unsafe { _mm512_loadu_ps(y) })
-                } else {
-                    _mm512_mul_ps(scale, sum)
-                };
-                unsafe { _mm512_storeu_ps(y, result) };
-            }
-        } else {
-            let mut lanes = [[0.0f32; WIDTH]; VECTORS];
-            for (v, &sum) in sums.iter().enumerate() {
-                unsafe { _mm512_storeu_ps(lanes[v].as_mut_ptr(), sum) };
-            }
-            for (y, sum) in row.iter_mut().zip(lanes.into_iter().flatten()) {
-                *y = if out.accumulate {
-                    out.scale.mul_add(sum, *y)
-                } else {
-                    out.scale * sum
-                };
+        for (v, &sum) in sums.iter().enumerate() {
+            // The last vector of a block may be partial (10 logits, 24 table rows): its
+            // lanes past `width` are neither read nor written. The same multiply-add as a
+            // float at a time, so the bits do not depend on where a block ends.
+            let mask = lanes(width - v * WIDTH);
+            let y = unsafe { row.as_mut_ptr().add(v * WIDTH) };
+            let result = if out.accumulate {
+                _mm512_fmadd_ps(scale, sum, unsafe { _mm512_maskz_loadu_ps(mask, y) })
+            } else {
+                _mm512_mul_ps(scale, sum)
+            };
+            unsafe { _mm512_mask_storeu_ps(y, mask, result) };
+        }
+    }
+}
+
+/// The mask of the first `n` lanes of a vector (all of them from [`WIDTH`] on).
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= WIDTH {
+        !0
+    } else {
+        (1 << n) - 1
+    }
+}
+
+/// Copies `rows` rows of `cols` floats, `from_stride` apart, into rows `to_stride` apart (a
+/// multiple of [`WIDTH`] at least `cols`), a vector at a time, the last one masked. A
+/// `copy_from_slice` per row called `memcpy` for every row of ten logits, which took as long
+/// as the product.
+///
+/// # Safety
+/// The CPU must have AVX-512; `from` must hold the rows and `to` `rows * to_stride` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_rows(
+    from: &[f32],
+    from_stride: usize,
+    to: &mut [f32],
+    to_stride: usize,
+    rows: usize,
+    cols: usize,
+) {
+    assert!(
+        rows == 0
+            || ((rows - 1) * from_stride + cols <= from.len() && rows * to_stride <= to.len())
+    );
+    for i in 0..rows {
+        let (from, to) = unsafe {
+            (
+                from.as_ptr().add(i * from_stride),
+                to.as_mut_ptr().add(i * to_stride),
+            )
+        };
+        for c in (0..cols).step_by(WIDTH) {
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(lanes(cols - c), from.add(c));
+                _mm512_storeu_ps(to.add(c), x);
             }
         }
     }
