@@ -33,20 +33,22 @@ pub fn run_with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -
 }
 
 /// Threads by the size of a step (measured with `cargo bench --workspace --bench
-/// train_speed`). A second thread pays off where the products are large: 1.4x at d_model 512
-/// and batch 128, 1.6x for full-batch modular addition's 3,831 rows at d_model 128. Below
-/// that one thread is as fast or faster: at d_model 128 as fast; at d_model 16, since its
-/// products run through their own kernel, a step is so short that handing the weights'
-/// gradients to another thread costs what it saves (one thread 11,000 steps/s, two 9,200,
-/// medians of 6 alternating rounds), and the other core is left to the threads that make
-/// batches and write the run. The measure is the multiply-adds of the MLP's first product,
-/// `rows * d_model * d_mlp`, with `rows` the query rows of a batch.
+/// train_speed` and the whole `train` process). A second thread pays off where the products
+/// are large: 1.4x at d_model 512 and batch 128, 1.6x for full-batch modular addition's 3,831
+/// rows at d_model 128, 1.3x at d_model 128 and at d_model 64 (`train`, batch 128: 713 to 909
+/// and 2,240 to 2,850 steps/s, medians of 3 alternating rounds). At d_model 32 the two were
+/// alike (7,450 and 6,920 steps/s, within the noise). At d_model 16, whose products run
+/// through their own kernel, a step is so short that handing the weights' gradients to
+/// another thread costs more than it saves (one thread 16,000 steps/s, two 13,400), and the
+/// other core is left to the threads that make batches and write the run. The measure is the
+/// multiply-adds of the MLP's first product, `rows * d_model * d_mlp`, with `rows` the query
+/// rows of a batch: 2^21 at d_model 64 and batch 128.
 pub fn default_threads(cfg: &crate::config::TrainConfig) -> usize {
     let rows = cfg.batch_size.saturating_mul(cfg.task.targets.len());
     let mlp = rows
         .saturating_mul(cfg.model.d_model)
         .saturating_mul(cfg.model.d_mlp);
-    if mlp >= 1 << 25 {
+    if mlp >= 1 << 21 {
         2
     } else {
         1

@@ -105,7 +105,7 @@ struct Args {
     /// Write an optimizer checkpoint every N batches [default: 10 * --snapshot-every].
     #[arg(long)]
     checkpoint_every: Option<u64>,
-    /// Threads for the training step [default: 2 for large steps (d_model 256 and up at batch
+    /// Threads for the training step [default: 2 for large steps (d_model 64 and up at batch
     /// 128, full-batch modular addition), else 1].
     #[arg(long)]
     threads: Option<usize>,
