@@ -223,8 +223,8 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     g_e.copy_from_slice(&d_table_in[..v * d]);
     g_pos.copy_from_slice(&d_table_in[v * d..]);
     for (row, d_x) in d_resid_mid.chunks_exact(d).enumerate() {
-        let (example, pos) = s.query_of(row);
-        let token = tokens[example * s.pos + pos] as usize;
+        let (pos, prefix) = s.prefix(tokens, row);
+        let token = prefix[pos] as usize;
         for ((e, p), g) in g_e[token * d..][..d]
             .iter_mut()
             .zip(g_pos[pos * d..][..d].iter_mut())
@@ -266,8 +266,7 @@ fn pattern_backward(
         .enumerate()
         .with_min_len(rows_per_task(h * (r + 4 * t)))
         .for_each(|(row, ((d_scores, d_weights), pattern))| {
-            let (example, query) = s.query_of(row);
-            let tokens = &tokens[example * t..][..query + 1];
+            let (query, tokens) = s.prefix(tokens, row);
             let heads = d_scores
                 .chunks_exact_mut(r)
                 .zip(d_weights.chunks_exact(r))
@@ -321,8 +320,7 @@ fn attention_backward_per_row(
         .enumerate()
         .with_min_len(rows_per_task(4 * t * qkv))
         .for_each(|(row, (d_q, d_scores))| {
-            let (example, query) = s.query_of(row);
-            let tokens = &tokens[example * t..][..query + 1];
+            let (query, tokens) = s.prefix(tokens, row);
             for (head, d_scores) in d_scores.chunks_exact_mut(t).enumerate() {
                 let first = head * dh;
                 let d_z = &f.d_z[row * qkv + first..][..dh];
@@ -376,8 +374,7 @@ fn key_value_gradients_into_tables(
             d_keys.fill(0.0);
             d_values.fill(0.0);
             for row in 0..s.rows() {
-                let (example, query) = s.query_of(row);
-                let tokens = &tokens[example * t..][..query + 1];
+                let (_, tokens) = s.prefix(tokens, row);
                 let q = &f.q[row * qkv + head * dh..][..dh];
                 let d_z = &f.d_z[row * qkv + head * dh..][..dh];
                 let at = (row * h + head) * t;
@@ -406,8 +403,8 @@ fn query_gradients_into_table(s: &Shapes, tokens: &[u32], d_q: &[f32], d_query_t
         .for_each(|(head, d_table)| {
             d_table.fill(0.0);
             for (row, d_q) in d_q.chunks_exact(qkv).enumerate() {
-                let (example, pos) = s.query_of(row);
-                let token = tokens[example * s.pos + pos] as usize;
+                let (pos, prefix) = s.prefix(tokens, row);
+                let token = prefix[pos] as usize;
                 let d_q = &d_q[head * dh..][..dh];
                 for table_row in [token, v + pos] {
                     let d_row = &mut d_table[table_row * dh..][..dh];

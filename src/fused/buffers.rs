@@ -61,13 +61,16 @@ impl Shapes {
         self.batch * self.queries.len()
     }
 
-    /// The example and query position of query row `row`.
-    pub fn query_of(&self, row: usize) -> (usize, usize) {
-        match self.queries.as_slice() {
+    /// The query position of query row `row` and the tokens of its example up to it (the
+    /// positions it attends to; its own token is the last), from the batch's `tokens`
+    /// (`[example, pos]`).
+    pub fn prefix<'t>(&self, tokens: &'t [u32], row: usize) -> (usize, &'t [u32]) {
+        let (example, query) = match self.queries.as_slice() {
             // The prompt layout, without a division (tens of cycles, in every row loop).
             &[query] => (row, query),
             queries => (row / queries.len(), queries[row % queries.len()]),
-        }
+        };
+        (query, &tokens[example * self.pos..][..query + 1])
     }
 
     /// Rows of the key and value tables: one per token id, then one per position.

@@ -55,8 +55,8 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         .enumerate()
         .with_min_len(rows_per_task(qkv))
         .for_each(|(row, q)| {
-            let (example, pos) = s.query_of(row);
-            let token = tokens[example * t + pos] as usize;
+            let (pos, prefix) = s.prefix(tokens, row);
+            let token = prefix[pos] as usize;
             let (own_token, own_pos) = (
                 &query_table[token * qkv..][..qkv],
                 &query_table[(v + pos) * qkv..][..qkv],
@@ -91,8 +91,8 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         .enumerate()
         .with_min_len(rows_per_task(d))
         .for_each(|(row, x)| {
-            let (example, pos) = s.query_of(row);
-            let token = tokens[example * t + pos] as usize;
+            let (pos, prefix) = s.prefix(tokens, row);
+            let token = prefix[pos] as usize;
             let (e, p) = (&w.w_e[token * d..][..d], &w.w_pos[pos * d..][..d]);
             for (((x, e), p), b) in x.iter_mut().zip(e).zip(p).zip(w.b_o) {
                 *x = e + p + b;
@@ -173,8 +173,7 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
                 .chunks_exact(h * r)
                 .zip(pattern.chunks_exact_mut(h * t));
             for (i, (scores, pattern)) in block_rows.enumerate() {
-                let (example, query) = s.query_of(first_row + i);
-                let tokens = &tokens[example * t..][..query + 1];
+                let (query, tokens) = s.prefix(tokens, first_row + i);
                 for (scores, pattern) in scores.chunks_exact(r).zip(pattern.chunks_exact_mut(t)) {
                     let (token_scores, position_scores) = scores.split_at(v);
                     let (pattern, after_query) = pattern.split_at_mut(query + 1);
@@ -192,8 +191,7 @@ fn attention_pattern(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
                 .chunks_exact_mut(h * r)
                 .zip(pattern.chunks_exact_mut(h * t));
             for (i, (weights, pattern)) in block_rows.enumerate() {
-                let (example, query) = s.query_of(first_row + i);
-                let tokens = &tokens[example * t..][..query + 1];
+                let (query, tokens) = s.prefix(tokens, first_row + i);
                 for (weights, pattern) in
                     weights.chunks_exact_mut(r).zip(pattern.chunks_exact_mut(t))
                 {
@@ -224,8 +222,7 @@ fn attention_per_row(s: &Shapes, tokens: &[u32], buf: &mut Buffers) {
         .enumerate()
         .with_min_len(rows_per_task(4 * t * qkv))
         .for_each(|(row, ((q, pattern), z))| {
-            let (example, query) = s.query_of(row);
-            let tokens = &tokens[example * t..][..query + 1];
+            let (query, tokens) = s.prefix(tokens, row);
             for (head, pattern) in pattern.chunks_exact_mut(t).enumerate() {
                 let first = head * dh;
                 let q = &q[first..][..dh];
