@@ -9,7 +9,6 @@ use super::buffers::{rows_per_task, Buffers, Shapes};
 use super::gemm::{matmul, Mat, MatMut};
 use super::Weights;
 use crate::exp::{exp, exp_in_place};
-use crate::log_softmax::first_argmax;
 use crate::output_stats::{combine, row_stats, shift_by_max};
 
 /// Fills `buf` with the activations of `tokens` (`[batch, pos]`), the logits, the loss and the
@@ -287,13 +286,17 @@ pub(super) fn head_row(
     &table[row * width + first..][..len]
 }
 
+/// The most rows a block of [`cross_entropy`] takes (their largest logits' indices are kept
+/// on the stack between its two passes).
+const MAX_BLOCK_ROWS: usize = 256;
+
 /// Adds the unembedding bias `b_u` to the logits, then the mean cross-entropy of the logits
 /// over query rows, its gradient `(softmax - one_hot) / rows`, and the log's output statistics
 /// from the same exponentials. Blocks of rows run in parallel, each taking its rows'
 /// exponentials at once (as [`attention_pattern`] does); the losses are added in row order.
 fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
     let (o, b) = (s.d_vocab_out, s.rows() as f32);
-    let rows = rows_per_task(8 * o);
+    let rows = rows_per_task(8 * o).min(MAX_BLOCK_ROWS);
     let result = &mut buf.result;
     result
         .logits
@@ -303,10 +306,13 @@ fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
         .zip(buf.row_loss.par_chunks_mut(rows))
         .zip(buf.row_stats.par_chunks_mut(rows))
         .for_each(|((((logits, d_logits), targets), losses), stats)| {
-            // The softmax's terms, `exp(x - max)`, in `d_logits` until it is the gradient.
-            for (logits, terms) in logits.chunks_exact_mut(o).zip(d_logits.chunks_exact_mut(o)) {
+            // The softmax's terms, `exp(x - max)`, in `d_logits` until it is the gradient;
+            // each row's first largest logit, between the two passes.
+            let mut tops = [0; MAX_BLOCK_ROWS];
+            let block_rows = logits.chunks_exact_mut(o).zip(d_logits.chunks_exact_mut(o));
+            for ((logits, terms), top) in block_rows.zip(&mut tops) {
                 logits.iter_mut().zip(b_u).for_each(|(x, b)| *x += b);
-                shift_by_max(logits, terms);
+                *top = shift_by_max(logits, terms).0;
             }
             exp_in_place(d_logits);
             let block_rows = logits
@@ -314,9 +320,9 @@ fn cross_entropy(s: &Shapes, b_u: &[f32], buf: &mut Buffers) {
                 .zip(d_logits.chunks_exact_mut(o))
                 .zip(targets)
                 .zip(losses)
-                .zip(stats);
-            for ((((logits, d_logits), &target), loss), stats) in block_rows {
-                let top = first_argmax(logits);
+                .zip(stats)
+                .zip(tops);
+            for (((((logits, d_logits), &target), loss), stats), top) in block_rows {
                 let max = logits[top];
                 let sum: f32 = d_logits.iter().sum();
                 let target = target as usize;
