@@ -111,9 +111,7 @@ impl Maker {
             thread,
         }
     }
-}
 
-impl Maker {
     /// Whether batch `index` of `cfg`'s run is the next this maker hands out.
     fn serves(&self, cfg: &TrainConfig, index: u64) -> bool {
         self.next == index

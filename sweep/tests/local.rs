@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Small runs: d_model 16, a few hundred batches, snapshots every 50, checkpoints every 100.
 /// A grid of d_model-16 runs with a snapshot every `steps / 12` batches and a checkpoint every
 /// `steps / 6`.
 fn grid_text(steps: u64, seeds: &str, extra_axis: &str) -> String {
