@@ -14,8 +14,12 @@ use crate::hash::sha256_hex;
 use crate::snapshot::encode_tensors;
 use crate::{NamedTensor, RunError};
 
-/// zstd level of snapshot and checkpoint files (zstd's own default).
-pub const ZSTD_LEVEL: i32 = 3;
+/// zstd level of snapshot and checkpoint files. Float weights compress by about 8% at any
+/// level, nearly all of it from Huffman-coding the literal bytes (their exponents); matches
+/// are rare. Level 1 spends less time looking for them: a 12.7 MB d_model 512 snapshot took
+/// 22 ms at level 1 and 31 ms at zstd's default level 3, for a slightly smaller file (ratios
+/// 1.0815 and 1.0803). Levels below 1 leave the literals raw (ratio 1.0006).
+pub const ZSTD_LEVEL: i32 = 1;
 
 /// Encode `tensors` as safetensors (see [`encode_tensors`]) and compress them with zstd at
 /// [`ZSTD_LEVEL`].
