@@ -6,7 +6,7 @@
 use anyhow::{bail, Result};
 
 use crate::config::TrainConfig;
-use crate::fused::{FusedStep, StepKind};
+use crate::fused::FusedStep;
 
 /// Bytes of one f32.
 const F32: f64 = 4.0;
@@ -121,7 +121,7 @@ impl MemoryNeed {
 /// step's buffers exactly (with the gradients of the `trained` floats), or candle's graph
 /// estimated.
 fn activation_bytes(cfg: &TrainConfig, trained: f64) -> f64 {
-    if cfg.training_kernel().step == StepKind::Fused {
+    if cfg.training_kernel().step.is_fused() {
         return FusedStep::buffer_bytes(cfg, cfg.batch_size, trained);
     }
     F32 * ACTIVATION_FACTOR * cfg.batch_size as f64 * candle_activations_per_example(cfg)

@@ -9,7 +9,6 @@ use candle_nn::VarBuilder;
 use digitlab_snapshots::NamedTensor;
 
 use crate::config::TrainConfig;
-use crate::fused::StepKind;
 use crate::model::{Hooks, Transformer};
 use crate::output_stats::OutputStats;
 use crate::task::Batch;
@@ -36,7 +35,7 @@ pub fn loss_and_grads(
     params: &[NamedTensor],
     batch: &Batch,
 ) -> Result<StepResult> {
-    if cfg.training_kernel().step == StepKind::Fused {
+    if cfg.training_kernel().step.is_fused() {
         return crate::fused::loss_and_grads(cfg, params, batch);
     }
     candle_loss_and_grads(cfg, params, batch)

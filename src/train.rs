@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::batches::BatchesAhead;
 use crate::config::{Perturbation, TrainConfig};
-use crate::fused::{CachedStep, StepKind};
+use crate::fused::CachedStep;
 use crate::optim::{sum_of_squares, AdamW};
 use crate::output_stats::output_stats;
 use crate::resources::MemoryNeed;
@@ -114,7 +114,7 @@ impl TrainState {
     /// Trains on batch `self.batch` and returns its log row. A non-finite loss leaves the
     /// weights untouched (the caller stops the run).
     pub fn step(&mut self, cfg: &TrainConfig) -> Result<LogRow> {
-        if cfg.training_kernel().step == StepKind::Fused {
+        if cfg.training_kernel().step.is_fused() {
             // The fused step's buffers are read in place: no gradient is copied or allocated.
             let batch = self.batches.take(cfg, self.batch);
             let mut fused = CachedStep::take(cfg, batch.examples)?;

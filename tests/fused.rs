@@ -134,8 +134,16 @@ fn fused_step_matches_candle_autograd_on_many_shapes() {
         (2, 16, 2, 24, 12, 600),  // rows in several parallel blocks
     ];
     for (n, d_model, n_heads, d_mlp, d_out, batch) in shapes {
-        compare_on(&shaped(prompt(n), d_model, n_heads, d_mlp, d_out, batch));
+        let cfg = shaped(prompt(n), d_model, n_heads, d_mlp, d_out, batch);
+        compare_on(&cfg);
+        // The attention output through the OV rows too, on every shape.
+        compare_on(&with_kernel(&cfg, StepKind::FusedOv));
     }
+    // Where new runs take the OV rows by themselves: one head of 512 (and 130 rows, so that
+    // the products have leftover rows).
+    let cfg = shaped(prompt(5), 512, 1, 64, 12, 130);
+    assert_eq!(cfg.training_kernel().step, StepKind::FusedOv);
+    compare_on(&cfg);
 }
 
 /// The answer layout: several query positions, each attending to its own prefix, and the last
@@ -153,7 +161,9 @@ fn answer_layout_fused_step_matches_candle_autograd() {
         (answer(2, vec![0, 1, 2]), 16, 2, 24, 12, 200),      // 600 rows, several blocks
     ];
     for (task, d_model, n_heads, d_mlp, d_out, batch) in shapes {
-        compare_on(&shaped(task, d_model, n_heads, d_mlp, d_out, batch));
+        let cfg = shaped(task, d_model, n_heads, d_mlp, d_out, batch);
+        compare_on(&cfg);
+        compare_on(&with_kernel(&cfg, StepKind::FusedOv));
     }
 }
 
@@ -293,6 +303,10 @@ fn fused_training_gives_the_same_bytes_at_any_thread_count_and_across_a_checkpoi
         let cfg = with_kernel(&TrainConfig::default_for(task, 128, 4), StepKind::Fused);
         same_bytes_at_any_thread_count_and_across_a_checkpoint(&cfg);
     }
+    // One head of 128, where new runs take the attention output through the OV rows.
+    let cfg = TrainConfig::default_for(prompt(5), 128, 1);
+    assert_eq!(cfg.training_kernel().step, StepKind::FusedOv);
+    same_bytes_at_any_thread_count_and_across_a_checkpoint(&cfg);
 }
 
 fn same_bytes_at_any_thread_count_and_across_a_checkpoint(cfg: &TrainConfig) {
@@ -329,9 +343,11 @@ fn the_kernel_is_recorded_and_old_configs_still_load() {
     let answer_cfg = TrainConfig::default_for(answer(3, vec![0, 1]), 16, 2);
     let mut deep_cfg = answer_cfg.clone();
     deep_cfg.model.n_layers = 2;
+    let one_wide_head = TrainConfig::default_for(prompt(3), 128, 1);
     for (cfg, step) in [
         (&prompt_cfg, StepKind::Fused),
         (&answer_cfg, StepKind::Fused),
+        (&one_wide_head, StepKind::FusedOv),
         (&deep_cfg, StepKind::Candle),
     ] {
         let dir = scratch(&format!("{step:?}-{}", cfg.model.n_layers));
@@ -339,10 +355,10 @@ fn the_kernel_is_recorded_and_old_configs_still_load() {
         let written = RunDir::open(&dir).unwrap().config().clone();
         let expected = Kernel::here(step).to_string();
         assert_eq!(written["kernel"], expected.as_str());
-        assert!(expected.starts_with(if step == StepKind::Fused {
-            "fused-"
-        } else {
-            "candle-"
+        assert!(expected.starts_with(match step {
+            StepKind::Fused => "fused-",
+            StepKind::FusedOv => "fusedov-",
+            StepKind::Candle => "candle-",
         }));
         let read: TrainConfig = serde_json::from_value(written).unwrap();
         assert_eq!(read.kernel, Some(Kernel::here(step)));
@@ -365,6 +381,11 @@ fn the_kernel_is_recorded_and_old_configs_still_load() {
     // refused with a message that says what to change.
     let candle = with_kernel(&prompt_cfg, StepKind::Candle);
     assert_eq!(candle.training_kernel().step, StepKind::Candle);
+    // A run recorded with the fused step through z keeps its sums where new runs would take
+    // the OV rows.
+    let through_z = with_kernel(&one_wide_head, StepKind::Fused);
+    assert_eq!(through_z.training_kernel().step, StepKind::Fused);
+    assert!(through_z.replays_exactly_here());
     let mut deep = with_kernel(&prompt_cfg, StepKind::Fused);
     deep.model.n_layers = 2;
     let err = deep.validate().unwrap_err().to_string();

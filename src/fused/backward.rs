@@ -30,6 +30,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         pattern,
         table_weights,
         z,
+        ov_table,
         resid_mid,
         pre,
         post,
@@ -39,6 +40,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         d_pre,
         d_resid_mid,
         d_z,
+        d_ov_table,
         d_table_weights,
         d_table_scores,
         d_scores,
@@ -131,48 +133,74 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
 
         // Attention output: resid_mid = x + z W_O + b_O.
         let d_mid = Mat::rows(d_resid_mid, b, d);
-        let z = &*z;
-        side.spawn(move |_| {
+        if s.output_tables {
+            // Through the OV rows: z W_O is, summed over heads, the table weights times the
+            // OV rows (value-table rows times the head's block of W_O).
+            let table_weights = &*table_weights;
+            for head in 0..h {
+                let weights = Mat::cols(table_weights, head * r, b, r, h * r);
+                let d_ov = MatMut::rows(&mut d_ov_table[head * r * d..][..r * d], r, d);
+                matmul(d_ov, weights.t(), d_mid, 1.0, false);
+            }
+            let (d_ov_table, value_table) = (&*d_ov_table, &*value_table);
+            side.spawn(move |_| ov_gradients(s, w, value_table, d_ov_table, g_o, d_value_table));
+            for head in 0..h {
+                let ov = Mat::rows(&ov_table[head * r * d..], r, d);
+                let d_weights = MatMut::cols(d_table_weights, head * r, b, r, h * r);
+                matmul(d_weights, d_mid, ov.t(), 1.0, false);
+            }
+        } else {
+            let z = &*z;
+            side.spawn(move |_| {
+                matmul(
+                    MatMut::rows(g_o, qkv, d),
+                    Mat::rows(z, b, qkv).t(),
+                    d_mid,
+                    1.0,
+                    false,
+                );
+            });
             matmul(
-                MatMut::rows(g_o, qkv, d),
-                Mat::rows(z, b, qkv).t(),
+                MatMut::rows(d_z, b, qkv),
                 d_mid,
+                Mat::rows(w.w_o, qkv, d).t(),
                 1.0,
                 false,
             );
-        });
-        matmul(
-            MatMut::rows(d_z, b, qkv),
-            d_mid,
-            Mat::rows(w.w_o, qkv, d).t(),
-            1.0,
-            false,
-        );
-        let d_z = &*d_z;
-
-        // Through attention to the gradients of each row's query and of the key and value
-        // tables (`[head, table row, d_head]`), then the queries' into the query table.
-        if s.attention_per_row() {
-            let from = Attention {
-                q,
-                pattern,
-                keys: key_table,
-                values: value_table,
-                d_z,
-            };
-            attention_backward_per_row(s, tokens, &from, d_scores, d_q);
-            key_value_gradients_into_tables(s, tokens, &from, d_scores, d_key_table, d_value_table);
-        } else {
-            // z = table weights @ value table, per head.
-            let table_weights = &*table_weights;
-            let value_table = &*value_table;
-            side.spawn(move |_| table_gradients(s, d_value_table, table_weights, d_z));
-            for head in 0..h {
-                let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
-                let values = Mat::cols(value_table, head * dh, r, dh, qkv);
-                let d_weights = MatMut::cols(d_table_weights, head * r, b, r, h * r);
-                matmul(d_weights, d_z_head, values.t(), 1.0, false);
+            let d_z = &*d_z;
+            // Through attention to the gradients of each row's query and of the key and value
+            // tables (`[head, table row, d_head]`).
+            if s.attention_per_row() {
+                let from = Attention {
+                    q,
+                    pattern,
+                    keys: key_table,
+                    values: value_table,
+                    d_z,
+                };
+                attention_backward_per_row(s, tokens, &from, d_scores, d_q);
+                key_value_gradients_into_tables(
+                    s,
+                    tokens,
+                    &from,
+                    d_scores,
+                    d_key_table,
+                    d_value_table,
+                );
+            } else {
+                // z = table weights @ value table, per head.
+                let table_weights = &*table_weights;
+                let value_table = &*value_table;
+                side.spawn(move |_| table_gradients(s, d_value_table, table_weights, d_z));
+                for head in 0..h {
+                    let d_z_head = Mat::cols(d_z, head * dh, b, dh, qkv);
+                    let values = Mat::cols(value_table, head * dh, r, dh, qkv);
+                    let d_weights = MatMut::cols(d_table_weights, head * r, b, r, h * r);
+                    matmul(d_weights, d_z_head, values.t(), 1.0, false);
+                }
             }
+        }
+        if !s.attention_per_row() {
             pattern_backward(s, tokens, pattern, d_table_weights, d_table_scores);
             // Scores = q . key table rows, with q already scaled by 1 / sqrt(d_head).
             let d_table_scores = &*d_table_scores;
@@ -186,6 +214,7 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
                 matmul(d_q_head, d_scores, keys, scale, false);
             }
         }
+        // Then the queries' gradients into the query table.
         query_gradients_into_table(s, tokens, d_q, d_query_table);
     });
 
@@ -233,6 +262,31 @@ pub fn backward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
             *e += g;
             *p += g;
         }
+    }
+}
+
+/// With the OV products: `W_O`'s gradient (`[head * d_head, d_model]`) and the value
+/// table's (`[head, table row, d_head]`), per head from the gradient of its OV rows (`[head,
+/// table row, d_model]`): OV rows = value rows @ the head's block of `W_O`.
+fn ov_gradients(
+    s: &Shapes,
+    w: &Weights,
+    value_table: &[f32],
+    d_ov_table: &[f32],
+    g_o: &mut [f32],
+    d_value_table: &mut [f32],
+) {
+    let (d, dh, r, qkv) = (s.d_model, s.d_head, s.table_rows(), s.qkv());
+    let blocks = g_o
+        .chunks_exact_mut(dh * d)
+        .zip(d_value_table.chunks_exact_mut(r * dh))
+        .enumerate();
+    for (head, (g_o, d_values)) in blocks {
+        let d_ov = Mat::rows(&d_ov_table[head * r * d..], r, d);
+        let values = Mat::cols(value_table, head * dh, r, dh, qkv);
+        matmul(MatMut::rows(g_o, dh, d), values.t(), d_ov, 1.0, false);
+        let w_o = Mat::rows(&w.w_o[head * dh * d..], dh, d);
+        matmul(MatMut::rows(d_values, r, dh), d_ov, w_o.t(), 1.0, false);
     }
 }
 

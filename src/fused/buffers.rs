@@ -2,6 +2,7 @@
 //! reused by every step (the steady state allocates nothing for activations or gradients).
 
 use super::aligned::Floats;
+use super::kernel::StepKind;
 use crate::config::TrainConfig;
 use crate::output_stats::RowStats;
 use crate::step::StepResult;
@@ -33,10 +34,22 @@ pub struct Shapes {
     pub d_head: usize,
     pub d_mlp: usize,
     pub d_vocab_out: usize,
+    /// Whether the attention output goes through the table rows' OV products (the kernel
+    /// `fusedov`, see [`Shapes::output_tables_are_cheaper`]); never with attention per row.
+    pub output_tables: bool,
 }
 
 impl Shapes {
+    /// The shapes of `cfg`'s step on batches of `batch` examples, with the attention output
+    /// computed as the kernel the config trains with says.
     pub fn of(cfg: &TrainConfig, batch: usize) -> Shapes {
+        let mut s = Shapes::sizes(cfg, batch);
+        s.output_tables = cfg.training_kernel().step == StepKind::FusedOv && !s.attention_per_row();
+        s
+    }
+
+    /// The sizes alone, with the attention output through `z`.
+    pub fn sizes(cfg: &TrainConfig, batch: usize) -> Shapes {
         let m = &cfg.model;
         Shapes {
             batch,
@@ -53,7 +66,24 @@ impl Shapes {
             d_head: m.d_head(),
             d_mlp: m.d_mlp,
             d_vocab_out: m.d_vocab_out,
+            output_tables: false,
         }
+    }
+
+    /// Whether taking the attention output through the table rows costs at most half the
+    /// multiply-adds of taking it through `z`. Through `z`, the step multiplies every query
+    /// row's `z` by `W_O` (`rows * qkv * d_model`, and twice that backward). Through the
+    /// tables it multiplies each head's value-table rows by its block of `W_O` once (`table_rows
+    /// * qkv * d_model`), then each row's attention weights by those OV rows (`rows *
+    /// table_rows * n_heads * d_model`), and as much again twice backward. The second is
+    /// cheaper when a head is much wider than the table is long: at d_model 512 with one
+    /// head, batch 128 and 24 table rows it is 4.3x fewer; at d_model 128 with four heads it
+    /// is more. Never with attention per row, which has no dense table weights.
+    pub fn output_tables_are_cheaper(&self) -> bool {
+        let (b, r, h) = (self.rows(), self.table_rows(), self.n_heads);
+        let through_z = b * self.qkv();
+        let through_tables = r * self.qkv() + b * r * h;
+        !self.attention_per_row() && 2 * through_tables <= through_z
     }
 
     /// Query rows of a step, `[example, query]`: every per-query activation has this many rows.
@@ -114,7 +144,13 @@ impl Shapes {
         } else {
             (4.0 * h * b * r, h * b * t)
         };
-        let rows = b * (4.0 * qkv + 4.0 * d + 3.0 * m + 2.0 * o);
+        // z and its gradient per row, or the OV rows and theirs per head and table row.
+        let output = if self.output_tables {
+            2.0 * h * r * d
+        } else {
+            2.0 * b * qkv
+        };
+        let rows = b * (2.0 * qkv + 4.0 * d + 3.0 * m + 2.0 * o) + output;
         // f32 floats, the u32 targets, the f64 row losses and the rows' output statistics.
         let row_stats = f(std::mem::size_of::<RowStats>());
         4.0 * (tables + per_head + per_position + rows + trained + b) + (8.0 + row_stats) * b
@@ -145,8 +181,11 @@ pub struct Buffers {
     /// Attention mass per table row (token rows summed over the positions holding the token),
     /// `[row, head, table row]`.
     pub table_weights: Floats,
-    /// Attention result before W_O, `[row, head * d_head]`.
+    /// Attention result before W_O, `[row, head * d_head]` (empty with the OV products).
     pub z: Floats,
+    /// With the OV products ([`Shapes::output_tables`]): each head's value-table rows times
+    /// its block of `W_O`, `[head, table row, d_model]`; empty otherwise.
+    pub ov_table: Floats,
     pub resid_mid: Floats,
     /// MLP pre-activation, `[row, d_mlp]`.
     pub pre: Floats,
@@ -164,6 +203,7 @@ pub struct Buffers {
     pub d_pre: Floats,
     pub d_resid_mid: Floats,
     pub d_z: Floats,
+    pub d_ov_table: Floats,
     pub d_table_weights: Floats,
     pub d_table_scores: Floats,
     /// Gradient of the scores at the query's prefix, `[row, head, pos]` (per-row attention).
@@ -183,7 +223,7 @@ impl Buffers {
     /// the weights' gradients), to check [`Shapes::buffer_bytes`].
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        let activations: [&[f32]; 27] = [
+        let activations: [&[f32]; 29] = [
             &self.table_in,
             &self.q,
             &self.key_table,
@@ -192,6 +232,8 @@ impl Buffers {
             &self.pattern,
             &self.table_weights,
             &self.z,
+            &self.ov_table,
+            &self.d_ov_table,
             &self.resid_mid,
             &self.pre,
             &self.post,
@@ -229,6 +271,11 @@ impl Buffers {
         } else {
             (per_head, 0)
         };
+        let (z_rows, ov_rows) = if s.output_tables {
+            (0, s.n_heads * r * d)
+        } else {
+            (b * s.qkv(), 0)
+        };
         Buffers {
             table_in: z(r * d),
             q: z(b * s.qkv()),
@@ -237,7 +284,8 @@ impl Buffers {
             table_scores: z(per_head),
             pattern: z(per_position),
             table_weights: z(per_head),
-            z: z(b * s.qkv()),
+            z: z(z_rows),
+            ov_table: z(ov_rows),
             resid_mid: z(b * d),
             pre: z(b * m),
             post: z(b * m),
@@ -248,7 +296,8 @@ impl Buffers {
             d_resid_post: z(b * d),
             d_pre: z(b * m),
             d_resid_mid: z(b * d),
-            d_z: z(b * s.qkv()),
+            d_z: z(z_rows),
+            d_ov_table: z(ov_rows),
             d_table_weights: z(per_head),
             d_table_scores: z(per_head),
             d_scores: z(d_scores),
@@ -290,9 +339,11 @@ mod tests {
             (task(Layout::Prompt, vec![2]), 15, 3, 700),
             (task(Layout::Answer, (0..=5).collect()), 32, 4, 50),
             (TaskConfig::modp(23, 0.3, 100), 16, 2, 159),
+            (task(Layout::Prompt, vec![0]), 512, 1, 128),
         ] {
             let cfg = TrainConfig::default_for(task, d_model, n_heads);
             let s = Shapes::of(&cfg, batch);
+            assert_eq!(s.output_tables, d_model == 512, "{s:?}");
             let sizes: Vec<usize> = cfg
                 .model
                 .param_specs()

@@ -76,10 +76,22 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
         }
         attention_pattern(s, tokens, buf);
         for head in 0..h {
-            let weights = Mat::cols(&buf.table_weights, head * r, b, r, h * r);
             let values = Mat::cols(&buf.value_table, head * dh, r, dh, qkv);
-            let z = MatMut::cols(&mut buf.z, head * dh, b, dh, qkv);
-            matmul(z, weights, values, 1.0, false);
+            if s.output_tables {
+                // Each value-table row's contribution to the output: its OV row.
+                let ov = MatMut::rows(&mut buf.ov_table[head * r * d..][..r * d], r, d);
+                matmul(
+                    ov,
+                    values,
+                    Mat::rows(&w.w_o[head * dh * d..], dh, d),
+                    1.0,
+                    false,
+                );
+            } else {
+                let weights = Mat::cols(&buf.table_weights, head * r, b, r, h * r);
+                let z = MatMut::cols(&mut buf.z, head * dh, b, dh, qkv);
+                matmul(z, weights, values, 1.0, false);
+            }
         }
     }
 
@@ -97,13 +109,26 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
                 *x = e + p + b;
             }
         });
-    matmul(
-        MatMut::rows(&mut buf.resid_mid, b, d),
-        Mat::rows(&buf.z, b, qkv),
-        Mat::rows(w.w_o, qkv, d),
-        1.0,
-        true,
-    );
+    if s.output_tables {
+        // z W_O = sum over heads of the table weights times the OV rows.
+        for head in 0..h {
+            matmul(
+                MatMut::rows(&mut buf.resid_mid, b, d),
+                Mat::cols(&buf.table_weights, head * r, b, r, h * r),
+                Mat::rows(&buf.ov_table[head * r * d..], r, d),
+                1.0,
+                true,
+            );
+        }
+    } else {
+        matmul(
+            MatMut::rows(&mut buf.resid_mid, b, d),
+            Mat::rows(&buf.z, b, qkv),
+            Mat::rows(w.w_o, qkv, d),
+            1.0,
+            true,
+        );
+    }
 
     // MLP: post = ReLU(resid_mid W_in + b_in); resid_post = resid_mid + post W_out + b_out.
     // Biases are added in the parallel passes after each product, not broadcast before it.

@@ -21,6 +21,19 @@ pub enum StepKind {
     Candle,
     /// The hand-written forward and backward of [`crate::fused`] (one layer, either layout).
     Fused,
+    /// [`StepKind::Fused`] with the attention output taken through the table rows' OV
+    /// products (each value-table row times `W_O`), not through `z` at every query row: the
+    /// same function summed in another order. New runs get it where it takes at most half the
+    /// multiply-adds ([`crate::fused::output_tables_are_cheaper`]: `d_head` much larger than
+    /// the table has rows, as at d_model 512 with one head).
+    FusedOv,
+}
+
+impl StepKind {
+    /// Whether this is one of the fused steps.
+    pub fn is_fused(self) -> bool {
+        matches!(self, StepKind::Fused | StepKind::FusedOv)
+    }
 }
 
 /// The matrix-product micro-kernel `gemm` runs on this CPU.
@@ -100,6 +113,7 @@ impl fmt::Display for Kernel {
         let step = match self.step {
             StepKind::Candle => "candle",
             StepKind::Fused => "fused",
+            StepKind::FusedOv => "fusedov",
         };
         write!(f, "{step}-{}", self.simd.name())
     }
@@ -121,7 +135,8 @@ impl TryFrom<String> for Kernel {
         let step = match step {
             "candle" => StepKind::Candle,
             "fused" => StepKind::Fused,
-            _ => bail!("unknown kernel `{text}`: the step is `candle` or `fused`"),
+            "fusedov" => StepKind::FusedOv,
+            _ => bail!("unknown kernel `{text}`: the step is `candle`, `fused` or `fusedov`"),
         };
         let simd = [Simd::Avx512, Simd::Fma, Simd::Neon, Simd::Scalar]
             .into_iter()
@@ -144,7 +159,7 @@ impl TrainConfig {
     /// hand-edited `config.json`).
     pub fn check_kernel(&self) -> Result<()> {
         match self.kernel {
-            Some(k) if k.step == StepKind::Fused && !self.fused_step_applies() => bail!(
+            Some(k) if k.step.is_fused() && !self.fused_step_applies() => bail!(
                 "config.json names kernel {k}, but the fused step needs a one-layer model: set \"kernel\" to candle-{} or remove it",
                 k.simd.name()
             ),
@@ -153,13 +168,16 @@ impl TrainConfig {
     }
 
     /// The kernel this machine trains this config with: the step a recorded kernel names (so a
-    /// resumed run keeps its step implementation), else the fused step where it applies; and
-    /// always this CPU's instruction set.
+    /// resumed run keeps its step implementation, and a replay its sums), else the fused step
+    /// where it applies, with the OV products where they are cheaper; and always this CPU's
+    /// instruction set.
     pub fn training_kernel(&self) -> Kernel {
         let step = match self.kernel {
             Some(k) if k.step == StepKind::Candle => StepKind::Candle,
-            _ if self.fused_step_applies() => StepKind::Fused,
-            _ => StepKind::Candle,
+            _ if !self.fused_step_applies() => StepKind::Candle,
+            Some(k) => k.step,
+            None if crate::fused::output_tables_are_cheaper(self) => StepKind::FusedOv,
+            None => StepKind::Fused,
         };
         Kernel::here(step)
     }
@@ -182,7 +200,7 @@ mod tests {
 
     #[test]
     fn kernel_names_round_trip_and_bad_names_are_refused() {
-        for step in [StepKind::Candle, StepKind::Fused] {
+        for step in [StepKind::Candle, StepKind::Fused, StepKind::FusedOv] {
             for simd in [Simd::Avx512, Simd::Fma, Simd::Neon, Simd::Scalar] {
                 let k = Kernel { step, simd };
                 assert_eq!(Kernel::try_from(k.to_string()).unwrap(), k);
@@ -195,7 +213,7 @@ mod tests {
                 simd: Simd::Avx512
             }
         );
-        for bad in ["fused", "torch-fma", "fused-sse9", ""] {
+        for bad in ["fused", "torch-fma", "fused-sse9", "fusedqk-fma", ""] {
             assert!(Kernel::try_from(bad.to_string()).is_err(), "{bad}");
         }
     }

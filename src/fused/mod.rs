@@ -180,6 +180,12 @@ impl FusedStep {
     }
 }
 
+/// Whether a new run of `cfg` takes the attention output through the table rows' OV products
+/// ([`buffers::Shapes::output_tables_are_cheaper`], at the config's batch size).
+pub fn output_tables_are_cheaper(cfg: &TrainConfig) -> bool {
+    Shapes::sizes(cfg, cfg.batch_size).output_tables_are_cheaper()
+}
+
 thread_local! {
     /// The step of the config trained last on this thread (a training loop trains one).
     static CACHE: RefCell<Option<(TrainConfig, FusedStep)>> = const { RefCell::new(None) };
@@ -195,7 +201,10 @@ impl CachedStep {
     /// The cached step if it was built for `cfg` and batches of `batch_size`, else a new one.
     pub fn take(cfg: &TrainConfig, batch_size: usize) -> Result<CachedStep> {
         let cached = CACHE.take().filter(|(c, step)| {
-            c.model == cfg.model && c.task == cfg.task && step.shapes.batch == batch_size
+            c.model == cfg.model
+                && c.task == cfg.task
+                && c.training_kernel() == cfg.training_kernel()
+                && step.shapes.batch == batch_size
         });
         let entry = match cached {
             Some(entry) => entry,
