@@ -81,8 +81,12 @@ pub fn encode_tensors(
     bytes.extend_from_slice(&(header_bytes.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&header_bytes);
     for t in tensors {
-        for x in &t.data {
-            bytes.extend_from_slice(&x.to_le_bytes());
+        // Into a zeroed stretch, in a loop the compiler vectorises: pushing four bytes at a
+        // time took 3.5 ms for a d_model 512 snapshot (12.7 MB), this 1.5 ms.
+        let start = bytes.len();
+        bytes.resize(start + 4 * t.data.len(), 0);
+        for (out, x) in bytes[start..].chunks_exact_mut(4).zip(&t.data) {
+            out.copy_from_slice(&x.to_le_bytes());
         }
     }
     Ok(bytes)
