@@ -11,7 +11,10 @@
 //! prefix. The prompt layout is the case of one query position. Attention is a few dense
 //! products against every table row, or, when the table has many more rows than a prefix has
 //! positions (modular addition), loops over each query's prefix
-//! ([`buffers::Shapes::attention_per_row`]). Written by hand rather than through candle
+//! ([`buffers::Shapes::attention_per_row`]). Where a head is much wider than the table is long,
+//! the attention output is taken through the table too: each value-table row times `W_O`, once
+//! a step, then the attention weights times those OV rows (the kernel `fusedov`,
+//! [`buffers::Shapes::output_tables`]). Written by hand rather than through candle
 //! because at these sizes a step is dominated by what a general graph costs around the
 //! arithmetic (building the graph, allocating and zeroing every intermediate, copying
 //! gradients out), not by the arithmetic itself.
