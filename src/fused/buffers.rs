@@ -72,13 +72,13 @@ impl Shapes {
 
     /// Whether taking the attention output through the table rows costs at most half the
     /// multiply-adds of taking it through `z`. Through `z`, the step multiplies every query
-    /// row's `z` by `W_O` (`rows * qkv * d_model`, and twice that backward). Through the
-    /// tables it multiplies each head's value-table rows by its block of `W_O` once (`table_rows
-    /// * qkv * d_model`), then each row's attention weights by those OV rows (`rows *
-    /// table_rows * n_heads * d_model`), and as much again twice backward. The second is
-    /// cheaper when a head is much wider than the table is long: at d_model 512 with one
-    /// head, batch 128 and 24 table rows it is 4.3x fewer; at d_model 128 with four heads it
-    /// is more. Never with attention per row, which has no dense table weights.
+    /// row's `z` by `W_O`: `rows * qkv * d_model` forward, twice that backward. Through the
+    /// tables, it multiplies each head's value-table rows by its block of `W_O` once, then each
+    /// row's attention weights by those OV rows: `(table_rows * qkv + rows * table_rows *
+    /// n_heads) * d_model` forward, twice that backward. The second is cheaper when a head is
+    /// much wider than the table is long: at d_model 512 with one head, batch 128 and 24 table
+    /// rows it is 4.3x fewer; at d_model 128 with four heads it is more. Never with attention
+    /// per row, which has no dense table weights.
     pub fn output_tables_are_cheaper(&self) -> bool {
         let (b, r, h) = (self.rows(), self.table_rows(), self.n_heads);
         let through_z = b * self.qkv();
