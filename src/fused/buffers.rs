@@ -78,12 +78,19 @@ impl Shapes {
     /// n_heads) * d_model` forward, twice that backward. The second is cheaper when a head is
     /// much wider than the table is long: at d_model 512 with one head, batch 128 and 24 table
     /// rows it is 4.3x fewer; at d_model 128 with four heads it is more. Never with attention
-    /// per row, which has no dense table weights.
+    /// per row, which has no dense table weights. Counted in f64, so that an absurd config
+    /// (refused later, with a message) cannot overflow here.
     pub fn output_tables_are_cheaper(&self) -> bool {
-        let (b, r, h) = (self.rows(), self.table_rows(), self.n_heads);
-        let through_z = b * self.qkv();
-        let through_tables = r * self.qkv() + b * r * h;
-        !self.attention_per_row() && 2 * through_tables <= through_z
+        let f = |n: usize| n as f64;
+        let (b, r, h, qkv) = (
+            f(self.batch) * f(self.queries.len()),
+            f(self.table_rows()),
+            f(self.n_heads),
+            f(self.qkv()),
+        );
+        let through_z = b * qkv;
+        let through_tables = r * qkv + b * r * h;
+        !self.attention_per_row() && 2.0 * through_tables <= through_z
     }
 
     /// Query rows of a step, `[example, query]`: every per-query activation has this many rows.
