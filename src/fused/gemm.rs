@@ -8,6 +8,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod small;
+#[cfg(target_arch = "x86_64")]
+mod transpose;
 
 use ::gemm::Parallelism;
 use rayon::prelude::*;
@@ -247,6 +249,8 @@ unsafe fn gemm_into(
 fn add_transposed(dst: MatMut, product: &[f32], accumulate: bool) {
     const TILE: usize = 16;
     let (rows, cols, stride) = (dst.rows, dst.cols, dst.row_stride);
+    #[cfg(target_arch = "x86_64")]
+    let in_registers = super::kernel::Simd::of_this_cpu() == super::kernel::Simd::Avx512;
     // The view's floats only: a view of some columns reaches on to the end of its buffer.
     dst.data[..(rows - 1) * stride + cols]
         .par_chunks_mut(TILE * stride)
@@ -257,6 +261,15 @@ fn add_transposed(dst: MatMut, product: &[f32], accumulate: bool) {
             let mut tile = [[0f32; TILE]; TILE];
             for j0 in (0..cols).step_by(TILE) {
                 let width = TILE.min(cols - j0);
+                #[cfg(target_arch = "x86_64")]
+                if in_registers && n == TILE && width == TILE {
+                    let columns = &product[j0 * rows + first..];
+                    let out = &mut out[j0..];
+                    // SAFETY: the CPU has AVX-512F; the tile's 16 columns of 16 rows lie in
+                    // `product`, its 16 rows of 16 columns in this block of `dst`.
+                    unsafe { transpose::tile(columns, rows, out, stride, accumulate) };
+                    continue;
+                }
                 for (jj, column) in product[j0 * rows..].chunks(rows).take(width).enumerate() {
                     for (i, &x) in column[first..][..n].iter().enumerate() {
                         tile[i][jj] = x;
