@@ -52,9 +52,12 @@ fn config(layout: Layout, d_model: usize, n_heads: usize) -> TrainConfig {
         modp: None,
     };
     let mut cfg = TrainConfig::default_for(task, d_model, n_heads);
-    if std::env::var(KERNEL_ENV).is_ok_and(|k| k == "candle") {
-        cfg.kernel = Some(Kernel::here(StepKind::Candle));
-    }
+    // Recorded as `new_run` records it, so the step is chosen once, as in `train`.
+    cfg.kernel = Some(if std::env::var(KERNEL_ENV).is_ok_and(|k| k == "candle") {
+        Kernel::here(StepKind::Candle)
+    } else {
+        cfg.training_kernel()
+    });
     cfg
 }
 

@@ -204,9 +204,12 @@ impl CachedStep {
     /// The cached step if it was built for `cfg` and batches of `batch_size`, else a new one.
     pub fn take(cfg: &TrainConfig, batch_size: usize) -> Result<CachedStep> {
         let cached = CACHE.take().filter(|(c, step)| {
+            // The fields the step's shapes and kernel are chosen from, compared in place
+            // (choosing the kernel of an unrecorded config counts its products).
             c.model == cfg.model
                 && c.task == cfg.task
-                && c.training_kernel() == cfg.training_kernel()
+                && c.kernel == cfg.kernel
+                && c.batch_size == cfg.batch_size
                 && step.shapes.batch == batch_size
         });
         let entry = match cached {
