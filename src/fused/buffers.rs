@@ -145,7 +145,9 @@ impl Shapes {
             f(self.qkv()),
         );
         let (h, t, o) = (f(self.n_heads), f(self.pos), f(self.d_vocab_out));
-        let tables = 2.0 * r * d + 6.0 * r * qkv;
+        // table_in, its gradient and its queried rows; the query, key and value tables, their
+        // gradients, and the queried rows' queries.
+        let tables = 3.0 * r * d + 7.0 * r * qkv;
         let (per_head, per_position) = if self.attention_per_row() {
             (0.0, 2.0 * h * b * t)
         } else {
@@ -160,8 +162,34 @@ impl Shapes {
         let rows = b * (2.0 * qkv + 4.0 * d + 3.0 * m + 2.0 * o) + output;
         // f32 floats, the u32 targets, the f64 row losses and the rows' output statistics.
         let row_stats = f(std::mem::size_of::<RowStats>());
-        4.0 * (tables + per_head + per_position + rows + trained + b) + (8.0 + row_stats) * b
+        let queried = f(std::mem::size_of::<usize>()) * r;
+        4.0 * (tables + per_head + per_position + rows + trained + b)
+            + (8.0 + row_stats) * b
+            + queried
     }
+}
+
+/// Fills `rows` with the table rows some query row of the batch `tokens` reads, ascending: the
+/// token at each query position and the query positions. The other rows of the query table are
+/// never read, and their gradients are zero. In the prompt layout that is 2 of 24 rows.
+pub fn queried_rows(s: &Shapes, tokens: &[u32], rows: &mut Vec<usize>) {
+    // Marks first, one per table row, then the marked rows' numbers moved to the front in
+    // place (the `n`th number goes where at least `n` marks were read): no allocation.
+    rows.clear();
+    rows.resize(s.table_rows(), 0);
+    for row in 0..s.rows() {
+        let (pos, prefix) = s.prefix(tokens, row);
+        rows[prefix[pos] as usize] = 1;
+        rows[s.d_vocab + pos] = 1;
+    }
+    let mut n = 0;
+    for row in 0..rows.len() {
+        if rows[row] != 0 {
+            rows[n] = row;
+            n += 1;
+        }
+    }
+    rows.truncate(n);
 }
 
 /// Activations of the forward pass and their gradients. `row` is a query row (example, query
@@ -179,6 +207,12 @@ pub struct Buffers {
     pub query_table: Floats,
     pub key_table: Floats,
     pub value_table: Floats,
+    /// The table rows some query of the batch reads, ascending ([`queried_rows`]).
+    pub queried: Vec<usize>,
+    /// Those rows of `table_in`, gathered, `[queried row, d_model]`.
+    pub queried_in: Floats,
+    /// Their queries, `[queried row, head * d_head]`, before they go to their rows.
+    pub queried_out: Floats,
     /// Scaled queries, `[row, head * d_head]`.
     pub q: Floats,
     /// Query-key products with every table row, `[row, head, table row]`.
@@ -230,8 +264,10 @@ impl Buffers {
     /// the weights' gradients), to check [`Shapes::buffer_bytes`].
     #[cfg(test)]
     fn bytes(&self) -> usize {
-        let activations: [&[f32]; 29] = [
+        let activations: [&[f32]; 31] = [
             &self.table_in,
+            &self.queried_in,
+            &self.queried_out,
             &self.q,
             &self.key_table,
             &self.value_table,
@@ -264,6 +300,7 @@ impl Buffers {
         let floats: usize = activations.iter().map(|v| v.len()).sum::<usize>()
             + self.result.grads.iter().map(Vec::len).sum::<usize>();
         4 * (floats + self.result.targets.len())
+            + std::mem::size_of::<usize>() * self.queried.capacity()
             + 8 * self.row_loss.len()
             + std::mem::size_of::<RowStats>() * self.row_stats.len()
     }
@@ -285,6 +322,9 @@ impl Buffers {
         };
         Buffers {
             table_in: z(r * d),
+            queried: Vec::with_capacity(r),
+            queried_in: z(r * d),
+            queried_out: z(r * s.qkv()),
             q: z(b * s.qkv()),
             key_table: z(r * s.qkv()),
             value_table: z(r * s.qkv()),
@@ -330,6 +370,43 @@ mod tests {
     use super::*;
     use crate::config::TrainConfig;
     use crate::task::{Layout, TaskConfig};
+
+    /// The queried rows are the set of token-at-query and query-position rows, ascending, in
+    /// both layouts, counted here with a set over the examples and their query positions.
+    #[test]
+    fn queried_rows_are_the_rows_the_queries_read() {
+        use crate::task::training_batch;
+        use std::collections::BTreeSet;
+        for task in [
+            TaskConfig {
+                n_digits: 5,
+                layout: Layout::Prompt,
+                targets: vec![3],
+                modp: None,
+            },
+            TaskConfig {
+                n_digits: 5,
+                layout: Layout::Answer,
+                targets: (0..=5).collect(),
+                modp: None,
+            },
+        ] {
+            let cfg = TrainConfig::default_for(task.clone(), 16, 2);
+            let s = Shapes::of(&cfg, 64);
+            let batch = training_batch(&task, 7, 3, 64);
+            let mut expected = BTreeSet::new();
+            for example in batch.tokens.chunks_exact(s.pos) {
+                for &query in &s.queries {
+                    expected.insert(example[query] as usize);
+                    expected.insert(s.d_vocab + query);
+                }
+            }
+            let mut rows = vec![99; 3];
+            queried_rows(&s, &batch.tokens, &mut rows);
+            assert_eq!(rows, expected.into_iter().collect::<Vec<_>>(), "{task:?}");
+            assert!(rows.len() < s.table_rows(), "{task:?}: {rows:?}");
+        }
+    }
 
     /// The count from the shapes is what `Buffers::new` allocates, in both layouts, with rows
     /// in several blocks, and with attention per row (modular addition).
