@@ -173,13 +173,21 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     cross_entropy(s, w.b_u, buf);
 }
 
-/// The rows of the query table that some query reads ([`queried_rows`]), the others zero,
-/// before biases and scale. Queries are read at the query positions only: in the prompt layout
-/// that is 2 of 24 rows, and at d_model 512 the full table's product had taken a third of the
-/// query, key and value tables' time. Each row of a product is computed alone, so a queried
-/// row's bits are the full table's.
+/// The query table before biases and scale: with [`Shapes::queries_of_queried_rows`] only the
+/// rows some query reads ([`queried_rows`]), the others zero, else every row. Queries are read
+/// at the query positions only: in the prompt layout that is 2 of 24 rows, and at d_model 512
+/// the full table's product had taken a third of the query, key and value tables' time. Each
+/// row of a product is computed alone, so a queried row's bits are the same either way.
 fn query_table(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (d, dh, qkv) = (s.d_model, s.d_head, s.qkv());
+    if !s.queries_of_queried_rows() {
+        let table_in = Mat::rows(&buf.table_in, s.table_rows(), d);
+        for head in 0..s.n_heads {
+            let dst = MatMut::cols(&mut buf.query_table, head * dh, s.table_rows(), dh, qkv);
+            matmul(dst, table_in, Mat::head(w.w_q, head, d, dh), 1.0, false);
+        }
+        return;
+    }
     queried_rows(s, tokens, &mut buf.queried);
     let n = buf.queried.len();
     for (gathered, &row) in buf.queried_in.chunks_exact_mut(d).zip(&buf.queried) {
