@@ -121,7 +121,9 @@ impl Shapes {
     /// product is `table_rows * d_model * n_heads * d_head` multiply-adds, 6K at d_model 16,
     /// 98K at 64, 6.3M at 512.
     pub fn queries_of_queried_rows(&self) -> bool {
-        self.table_rows() * self.d_model * self.qkv() >= 1 << 16
+        // Saturating: the memory estimate builds shapes of absurd configs before refusing them.
+        let product = self.table_rows().saturating_mul(self.d_model);
+        product.saturating_mul(self.qkv()) >= 1 << 16
     }
 
     /// Whether attention runs row by row over each query's prefix rather than as dense
