@@ -126,6 +126,16 @@ impl Shapes {
         product.saturating_mul(self.qkv()) >= 1 << 16
     }
 
+    /// Rows of room for the queried rows and their queries: the table's, or none where the
+    /// full query table is computed.
+    pub fn queried_room(&self) -> usize {
+        if self.queries_of_queried_rows() {
+            self.table_rows()
+        } else {
+            0
+        }
+    }
+
     /// Whether attention runs row by row over each query's prefix rather than as dense
     /// products with every table row. A row attends to at most `pos` positions, each a token
     /// row plus a position row of the tables; the dense products touch all `table_rows`
@@ -158,11 +168,7 @@ impl Shapes {
         let (h, t, o) = (f(self.n_heads), f(self.pos), f(self.d_vocab_out));
         // table_in and its gradient; the query, key and value tables and their gradients; the
         // queried rows and their queries.
-        let queried = if self.queries_of_queried_rows() {
-            r
-        } else {
-            0.0
-        };
+        let queried = f(self.queried_room());
         let tables = 2.0 * r * d + 6.0 * r * qkv + queried * (d + qkv);
         let (per_head, per_position) = if self.attention_per_row() {
             (0.0, 2.0 * h * b * t)
@@ -331,7 +337,7 @@ impl Buffers {
         } else {
             (per_head, 0)
         };
-        let queried = if s.queries_of_queried_rows() { r } else { 0 };
+        let queried = s.queried_room();
         let (z_rows, ov_rows) = if s.output_tables {
             (0, s.n_heads * r * d)
         } else {

@@ -180,27 +180,31 @@ pub fn forward(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
 /// row of a product is computed alone, so a queried row's bits are the same either way.
 fn query_table(s: &Shapes, w: &Weights, tokens: &[u32], buf: &mut Buffers) {
     let (d, dh, qkv) = (s.d_model, s.d_head, s.qkv());
-    if !s.queries_of_queried_rows() {
-        let table_in = Mat::rows(&buf.table_in, s.table_rows(), d);
-        for head in 0..s.n_heads {
-            let dst = MatMut::cols(&mut buf.query_table, head * dh, s.table_rows(), dh, qkv);
-            matmul(dst, table_in, Mat::head(w.w_q, head, d, dh), 1.0, false);
+    let gathered = s.queries_of_queried_rows();
+    // The rows to multiply by `W_Q` and where their queries go.
+    let (rows_in, n, queries) = if gathered {
+        queried_rows(s, tokens, &mut buf.queried);
+        for (row_in, &row) in buf.queried_in.chunks_exact_mut(d).zip(&buf.queried) {
+            row_in.copy_from_slice(&buf.table_in[row * d..][..d]);
         }
-        return;
-    }
-    queried_rows(s, tokens, &mut buf.queried);
-    let n = buf.queried.len();
-    for (gathered, &row) in buf.queried_in.chunks_exact_mut(d).zip(&buf.queried) {
-        gathered.copy_from_slice(&buf.table_in[row * d..][..d]);
-    }
-    let queried_in = Mat::rows(&buf.queried_in, n, d);
+        (
+            &buf.queried_in[..],
+            buf.queried.len(),
+            &mut buf.queried_out[..],
+        )
+    } else {
+        (&buf.table_in[..], s.table_rows(), &mut buf.query_table[..])
+    };
+    let rows_in = Mat::rows(rows_in, n, d);
     for head in 0..s.n_heads {
-        let dst = MatMut::cols(&mut buf.queried_out, head * dh, n, dh, qkv);
-        matmul(dst, queried_in, Mat::head(w.w_q, head, d, dh), 1.0, false);
+        let dst = MatMut::cols(queries, head * dh, n, dh, qkv);
+        matmul(dst, rows_in, Mat::head(w.w_q, head, d, dh), 1.0, false);
     }
-    buf.query_table.fill(0.0);
-    for (product, &row) in buf.queried_out.chunks_exact(qkv).zip(&buf.queried) {
-        buf.query_table[row * qkv..][..qkv].copy_from_slice(product);
+    if gathered {
+        buf.query_table.fill(0.0);
+        for (product, &row) in buf.queried_out.chunks_exact(qkv).zip(&buf.queried) {
+            buf.query_table[row * qkv..][..qkv].copy_from_slice(product);
+        }
     }
 }
 
